@@ -1,0 +1,42 @@
+# One command runner for people and CI. `make demo` and `make test` work on a fresh machine
+# with Python 3.11+ and make: the first run creates .venv and installs pinned dependencies.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test chaos bench lint typecheck format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=24"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/tokenspool demo
+
+test: install
+	$(BIN)/pytest
+
+chaos: install
+	$(BIN)/pytest -m chaos --timeout 600 -p no:cacheprovider -o addopts=""
+
+bench: install
+	$(BIN)/python -m bench
+
+lint: install
+	$(BIN)/ruff check tokenspool api worker tests
+	$(BIN)/ruff format --check tokenspool api worker tests
+
+typecheck: install
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format tokenspool api worker tests
+	$(BIN)/ruff check --fix tokenspool api worker tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,44 @@
+"""tokenspool: durable, resumable LLM output streams over a job queue."""
+
+from __future__ import annotations
+
+from .accumulator import Accumulator
+from .client import Client
+from .errors import (
+    ClientError,
+    FencedError,
+    InvalidEventIdError,
+    JobNotFoundError,
+    JobStateError,
+    ProviderError,
+    StreamGoneError,
+    TokenspoolError,
+    UnknownModelError,
+)
+from .events import Event
+from .jobs import JobRequest, JobStatus, JobView, Output
+from .keys import Keys
+from .settings import Settings
+from .tailer import tail
+
+__all__ = [
+    "Accumulator",
+    "Client",
+    "ClientError",
+    "Event",
+    "FencedError",
+    "InvalidEventIdError",
+    "JobNotFoundError",
+    "JobRequest",
+    "JobStateError",
+    "JobStatus",
+    "JobView",
+    "Keys",
+    "Output",
+    "ProviderError",
+    "Settings",
+    "StreamGoneError",
+    "TokenspoolError",
+    "UnknownModelError",
+    "tail",
+]

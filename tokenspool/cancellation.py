@@ -1,0 +1,69 @@
+"""Delivers cancel requests to the worker running the job.
+
+The API's cancel script sets ``cancel_requested`` on the job hash and publishes the job id on
+one channel. Each worker process holds a single subscription and wakes the matching job at
+once; because pub/sub drops messages while disconnected, each job also re-reads the flag every
+``cancel_check_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
+
+
+class CancelWatcher:
+    """One pub/sub subscription per process, fanned out to the jobs it runs."""
+
+    def __init__(self, redis: Redis, channel: str) -> None:
+        self.redis = redis
+        self.channel = channel
+        self._events: dict[str, asyncio.Event] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    def register(self, job_id: str) -> asyncio.Event:
+        event = self._events.setdefault(job_id, asyncio.Event())
+        return event
+
+    def unregister(self, job_id: str) -> None:
+        self._events.pop(job_id, None)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="cancel-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self.ready.set()
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        continue
+                    data = message.get("data")
+                    job_id = data.decode() if isinstance(data, bytes) else str(data)
+                    event = self._events.get(job_id)
+                    if event is not None:
+                        event.set()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.ready.clear()
+                log.warning("cancel subscription lost (%s); resubscribing", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pubsub.aclose())

@@ -1,0 +1,144 @@
+"""Async HTTP client for the tokenspool API; ``events()`` reconnects by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+
+from .errors import ClientError, JobNotFoundError
+from .events import Event, from_json, is_terminal
+from .jobs import JobAccepted, JobView
+
+log = logging.getLogger(__name__)
+
+RECONNECT_DELAYS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+class Client:
+    """Talks to a tokenspool API over HTTP (httpx, async)."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        timeout: float = 30.0,
+        read_timeout: float = 60.0,
+        max_reconnects: int = 20,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.max_reconnects = max_reconnects
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout, read=read_timeout),
+        )
+        self.reconnects = 0
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    @staticmethod
+    def _raise_for(response: httpx.Response, job_id: str | None = None) -> None:
+        if response.is_success:
+            return
+        try:
+            detail: Any = response.json().get("detail")
+        except ValueError:
+            detail = response.text
+        if response.status_code == 404 and job_id is not None:
+            raise JobNotFoundError(job_id)
+        raise ClientError(response.status_code, detail)
+
+    async def submit(
+        self,
+        model: str,
+        messages: list[dict[str, Any]] | str,
+        *,
+        idempotency_key: str | None = None,
+        **params: Any,
+    ) -> JobAccepted:
+        """Queue a chat completion; ``messages`` may be a plain prompt string."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        response = await self._http.post(
+            "/v1/jobs", json={"model": model, "messages": messages, **params}, headers=headers
+        )
+        self._raise_for(response)
+        return JobAccepted.model_validate(response.json())
+
+    async def get(self, job_id: str) -> JobView:
+        response = await self._http.get(f"/v1/jobs/{job_id}")
+        self._raise_for(response, job_id)
+        return JobView.model_validate(response.json())
+
+    async def cancel(self, job_id: str) -> str:
+        response = await self._http.post(f"/v1/jobs/{job_id}/cancel")
+        self._raise_for(response, job_id)
+        status: str = response.json()["status"]
+        return status
+
+    async def jobs(self, limit: int = 20) -> list[JobView]:
+        response = await self._http.get("/v1/jobs", params={"limit": limit})
+        self._raise_for(response)
+        return [JobView.model_validate(item) for item in response.json()]
+
+    async def events(self, job_id: str, after: str = "0") -> AsyncIterator[Event]:
+        """The job's events from ``after`` to the terminal one, across dropped connections.
+
+        After a dropped connection it reconnects with ``Last-Event-ID`` set to the last event
+        it yielded, so nothing is repeated or missed. Events are read only as fast as the
+        caller consumes them.
+        """
+        last = after
+        failures = 0
+        while True:
+            try:
+                async with aconnect_sse(
+                    self._http,
+                    "GET",
+                    f"/v1/jobs/{job_id}/events",
+                    headers={"Last-Event-ID": last},
+                ) as source:
+                    if source.response.status_code != 200:
+                        await source.response.aread()
+                        self._raise_for(source.response, job_id)
+                    async for sse in source.aiter_sse():
+                        if not sse.data:
+                            continue
+                        event = from_json(sse.data)
+                        last = sse.id or event.event_id or last
+                        failures = 0
+                        yield event
+                        if is_terminal(event):
+                            return
+                # the server closed the stream before a terminal event: resume
+                raise httpx.RemoteProtocolError("stream ended before the terminal event")
+            except (httpx.TransportError, SSEError) as exc:
+                failures += 1
+                self.reconnects += 1
+                if failures > self.max_reconnects:
+                    raise
+                delay = RECONNECT_DELAYS[min(failures - 1, len(RECONNECT_DELAYS) - 1)]
+                log.info("job %s: events connection lost (%s); resuming after %s", job_id,
+                         exc, last)
+                await asyncio.sleep(delay)
+
+    async def wait(self, job_id: str) -> JobView:
+        """Follow the job to its end, then return its final view."""
+        async for _ in self.events(job_id):
+            pass
+        return await self.get(job_id)

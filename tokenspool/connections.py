@@ -1,0 +1,39 @@
+"""Redis connections: one pool per process, with timeouts that fit blocking reads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from arq.connections import ArqRedis
+from redis.asyncio import ConnectionPool
+
+from .settings import Settings
+
+
+def job_serializer(value: dict[str, Any]) -> bytes:
+    """arq job payloads cross Redis as JSON, never pickle."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def job_deserializer(raw: bytes) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(raw)
+    return value
+
+
+def connect(settings: Settings, *, max_connections: int = 512) -> ArqRedis:
+    """A Redis client (arq-capable) whose socket timeout exceeds the XREAD BLOCK time."""
+    pool = ConnectionPool.from_url(
+        settings.redis_url,
+        socket_timeout=settings.read_block_ms / 1000 + 5,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        max_connections=max_connections,
+        retry_on_timeout=False,
+    )
+    return ArqRedis(
+        connection_pool=pool,
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+        default_queue_name=settings.queue_name,
+    )

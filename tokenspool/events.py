@@ -1,0 +1,169 @@
+"""The typed events of a job's stream: the public wire contract (see docs/protocol.md).
+
+In Redis an event is one stream entry with three fields: ``t`` (type), ``a`` (attempt) and
+``d`` (the remaining fields as compact JSON). ``job_id`` comes from the key and ``event_id`` is
+the entry id, so neither is repeated in every entry.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from . import keys
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    job_id: str
+    attempt: int = Field(ge=0)
+    event_id: str | None = Field(None, description="stream entry id: the event's offset")
+
+    terminal: ClassVar[bool] = False
+
+    def to_fields(self) -> dict[str, str]:
+        """The stream entry fields for this event."""
+        data = self.model_dump(mode="json", exclude={"type", "job_id", "attempt", "event_id"})
+        return {
+            keys.E_TYPE: self.type,
+            keys.E_ATTEMPT: str(self.attempt),
+            keys.E_DATA: json.dumps(data, separators=(",", ":"), ensure_ascii=False),
+        }
+
+
+class UsageInfo(BaseModel):
+    """Token counts of one job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    estimated: bool = Field(False, description="true when counted locally, not by the provider")
+
+
+class ErrorInfo(BaseModel):
+    """Why a job failed: the error class and its message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    message: str
+
+
+class JobQueued(_Event):
+    type: Literal["job.queued"] = "job.queued"
+    model: str
+
+
+class JobStarted(_Event):
+    type: Literal["job.started"] = "job.started"
+    worker: str
+
+
+class JobRetrying(_Event):
+    type: Literal["job.retrying"] = "job.retrying"
+    next_attempt: int
+    reason: str
+
+
+class ContentDelta(_Event):
+    type: Literal["content.delta"] = "content.delta"
+    text: str
+
+
+class ReasoningDelta(_Event):
+    type: Literal["reasoning.delta"] = "reasoning.delta"
+    text: str
+
+
+class ToolCallDelta(_Event):
+    type: Literal["tool_call.delta"] = "tool_call.delta"
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments_delta: str = ""
+
+
+class ToolCallDone(_Event):
+    type: Literal["tool_call.done"] = "tool_call.done"
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str
+
+
+class Usage(_Event):
+    type: Literal["usage"] = "usage"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class JobCompleted(_Event):
+    type: Literal["job.completed"] = "job.completed"
+    finish_reason: str | None = None
+    usage: UsageInfo | None = None
+    terminal: ClassVar[bool] = True
+
+
+class JobFailed(_Event):
+    type: Literal["job.failed"] = "job.failed"
+    error: ErrorInfo
+    terminal: ClassVar[bool] = True
+
+
+class JobCancelled(_Event):
+    type: Literal["job.cancelled"] = "job.cancelled"
+    reason: str = "cancelled by request"
+    usage: UsageInfo | None = None
+    terminal: ClassVar[bool] = True
+
+
+Event = Annotated[
+    JobQueued
+    | JobStarted
+    | JobRetrying
+    | ContentDelta
+    | ReasoningDelta
+    | ToolCallDelta
+    | ToolCallDone
+    | Usage
+    | JobCompleted
+    | JobFailed
+    | JobCancelled,
+    Field(discriminator="type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+TERMINAL_TYPES = frozenset({"job.completed", "job.failed", "job.cancelled"})
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def from_entry(job_id: str, entry_id: Any, fields: dict[Any, Any]) -> Event:
+    """Rebuild an event from a stream entry (as returned by XREAD/XRANGE)."""
+    decoded = {_text(k): _text(v) for k, v in fields.items()}
+    data = json.loads(decoded.get(keys.E_DATA, "{}"))
+    data.update(
+        type=decoded[keys.E_TYPE],
+        attempt=int(decoded.get(keys.E_ATTEMPT, "0")),
+        job_id=job_id,
+        event_id=_text(entry_id),
+    )
+    return EVENT_ADAPTER.validate_python(data)
+
+
+def from_json(raw: str | bytes) -> Event:
+    """Parse an event from its JSON form (SSE ``data:``, WebSocket message)."""
+    return EVENT_ADAPTER.validate_json(raw)
+
+
+def is_terminal(event: Event) -> bool:
+    return event.type in TERMINAL_TYPES

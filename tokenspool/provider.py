@@ -1,0 +1,91 @@
+"""Calls a model through litellm as a stream, and translates its errors at the boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
+
+from .errors import ProviderError
+
+_litellm: ModuleType | None = None
+
+
+def load_litellm() -> ModuleType:
+    """Import litellm once, offline (no cost-map download) and quiet."""
+    global _litellm
+    if _litellm is None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        os.environ.setdefault("LITELLM_TELEMETRY", "False")
+        import litellm
+
+        litellm.suppress_debug_info = True
+        litellm.telemetry = False
+        _litellm = litellm
+    return _litellm
+
+
+def provider_error(exc: BaseException) -> ProviderError:
+    """A ProviderError naming the provider's error class and message."""
+    message = str(getattr(exc, "message", "") or exc) or exc.__class__.__name__
+    err = ProviderError(exc.__class__.__name__, message)
+    err.status_code = getattr(exc, "status_code", None)  # type: ignore[attr-defined]
+    return err
+
+
+class ProviderStream:
+    """One streaming chat completion; ``aclose()`` closes the upstream connection."""
+
+    def __init__(self, params: dict[str, Any], request_kwargs: dict[str, Any], idle_timeout: float):
+        self.params = params
+        self.request_kwargs = request_kwargs
+        self.idle_timeout = idle_timeout
+        self._response: Any = None
+
+    async def open(self) -> None:
+        litellm = load_litellm()
+        kwargs: dict[str, Any] = {
+            **self.request_kwargs,
+            **self.params,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            # retries are tokenspool's decision, not the SDK's (it retries 429/5xx twice)
+            "max_retries": 0,
+            "num_retries": 0,
+            "timeout": self.idle_timeout,  # litellm/OpenAI SDK: per-read idle timeout
+        }
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                self._response = await litellm.acompletion(**kwargs)
+        except TimeoutError as exc:
+            raise ProviderError("Timeout", f"no answer within {self.idle_timeout}s") from exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise provider_error(exc) from exc
+
+    async def chunks(self) -> AsyncIterator[Any]:
+        assert self._response is not None, "open() first"
+        iterator = self._response.__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise ProviderError(
+                    "Timeout", f"provider sent nothing for {self.idle_timeout}s"
+                ) from exc
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise provider_error(exc) from exc
+            yield chunk
+
+    async def aclose(self) -> None:
+        if self._response is not None and hasattr(self._response, "aclose"):
+            response, self._response = self._response, None
+            await asyncio.shield(response.aclose())

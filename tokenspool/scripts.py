@@ -1,0 +1,97 @@
+"""The Lua scripts that make every job transition atomic in Redis.
+
+All of them take KEYS[1] = the job hash and KEYS[2] = the event stream (same hash slot).
+Events are passed as (type, data-json) pairs; the attempt field is added here so that a
+write can never carry an attempt other than the one it was fenced on.
+"""
+
+from __future__ import annotations
+
+# Start (or restart) an attempt. ARGV: worker, now, maxlen, active_ttl, retry_reason.
+# Returns {"started", attempt, first_id} | {"cancelled", attempt} | {status} | {"missing"}.
+START = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+if status == 'completed' or status == 'failed' or status == 'cancelled' then
+  return {status}
+end
+local prev = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+local attempt = prev + 1
+local maxlen = ARGV[3]
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 't', 'job.cancelled', 'a', tostring(prev),
+    'd', '{"reason":"cancelled before it started","usage":null}')
+  return {'cancelled', prev}
+end
+if status == 'running' then
+  -- the previous attempt's worker is gone (arq re-ran the job): supersede it
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 't', 'job.retrying', 'a', tostring(prev),
+    'd', cjson.encode({next_attempt = attempt, reason = ARGV[5]}))
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', attempt, 'worker', ARGV[1],
+  'started_at', ARGV[2], 'wseq', '0')
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 't', 'job.started',
+  'a', tostring(attempt), 'd', cjson.encode({worker = ARGV[1]}))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {'started', attempt, id}
+"""
+
+# Append events, fenced on the attempt; optionally end the job.
+# ARGV: attempt, maxlen, n_events, final_status ('' if not final), now, ttl, batch_seq,
+#       then n_events pairs (type, data), then hash field/value pairs to set when final.
+# batch_seq numbers the writes of one attempt from 1, so a write retried after a lost reply
+# is applied once. Returns the last entry id ('' for a repeat), or an error reply FENCED ...
+WRITE = """
+local attempt = redis.call('HGET', KEYS[1], 'attempt')
+local status = redis.call('HGET', KEYS[1], 'status')
+local seq = tonumber(redis.call('HGET', KEYS[1], 'wseq') or '0')
+if attempt == ARGV[1] and tonumber(ARGV[7]) <= seq then
+  return ''
+end
+if attempt ~= ARGV[1] or status ~= 'running' then
+  return redis.error_reply('FENCED job is ' .. tostring(status) .. ' at attempt ' ..
+    tostring(attempt) .. ', writer holds attempt ' .. ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'wseq', ARGV[7])
+local n = tonumber(ARGV[3])
+local last = ''
+for i = 0, n - 1 do
+  last = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+    't', ARGV[8 + 2 * i], 'a', ARGV[1], 'd', ARGV[9 + 2 * i])
+end
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', ARGV[5])
+  for i = 8 + 2 * n, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
+return last
+"""
+
+# Cancel. ARGV: now, ttl, maxlen, reason, channel, job_id.
+# Returns {"cancelled"} (was queued, now final) | {"cancelling"} (running; the worker
+# finishes it) | {status} (already final) | {"missing"}.
+CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+if status == 'completed' or status == 'failed' or status == 'cancelled' then
+  return {status}
+end
+if status == 'queued' then
+  local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1],
+    'cancel_requested', '1')
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 't', 'job.cancelled', 'a', attempt,
+    'd', cjson.encode({reason = ARGV[4]}))
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  return {'cancelled'}
+end
+redis.call('HSET', KEYS[1], 'cancel_requested', '1', 'cancel_reason', ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {'cancelling'}
+"""

@@ -1,0 +1,63 @@
+"""All configuration, read from ``TOKENSPOOL_*`` environment variables in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODELS_FILE = Path(__file__).with_name("default_models.yaml")
+
+
+class Settings(BaseSettings):
+    """Every tunable of tokenspool; one instance is built at start-up and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENSPOOL_", extra="ignore", frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = Field("tokenspool", pattern=r"^[A-Za-z0-9_.-]+$")
+    models_file: Path = DEFAULT_MODELS_FILE
+
+    # retention of a finished job's stream and hash
+    retention_seconds: int = Field(24 * 3600, ge=1)
+    # safety cap on one job's stream (XADD MAXLEN ~); a job longer than this loses its head
+    stream_maxlen: int = Field(100_000, ge=100)
+
+    # consumers
+    read_count: int = Field(100, ge=1, le=10_000)  # XREAD COUNT: the largest batch in memory
+    read_block_ms: int = Field(5_000, ge=1, le=60_000)  # XREAD BLOCK; socket timeout exceeds it
+    heartbeat_seconds: float = Field(15.0, gt=0)  # SSE comment while idle
+    send_timeout_seconds: float = Field(30.0, gt=0)  # one SSE write to a client
+
+    # worker
+    max_jobs: int = Field(16, ge=1)
+    job_timeout_seconds: float = Field(600.0, gt=0)  # total deadline of one attempt
+    provider_idle_timeout_seconds: float = Field(60.0, gt=0)  # per-read idle timeout
+    poll_delay_seconds: float = Field(0.05, gt=0)  # arq queue poll
+    cancel_check_seconds: float = Field(1.0, gt=0)  # fallback poll for cancel flags
+    queue_name: str = "tokenspool:queue"
+
+    # API request limits
+    max_body_bytes: int = Field(1_000_000, ge=1_000)
+    max_messages: int = Field(1_000, ge=1)
+    max_tokens_ceiling: int = Field(128_000, ge=1)
+
+    # embedded servers (demo and `tokenspool api`)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    fake_llm_port: int = 8765
+    log_json: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (the process environment by default)."""
+        if environ is None:
+            return cls()
+        values = {
+            key[len("TOKENSPOOL_") :].lower(): value
+            for key, value in environ.items()
+            if key.startswith("TOKENSPOOL_")
+        }
+        return cls.model_validate(values)

@@ -1,0 +1,203 @@
+"""Job records in Redis: submit, read, start, cancel. Every transition is one atomic script."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from . import keys as k
+from . import scripts
+from .accumulator import Accumulator
+from .errors import FencedError, JobNotFoundError, JobStateError
+from .events import ErrorInfo, JobQueued, UsageInfo, from_entry
+from .jobs import JobRequest, JobStatus, JobView, Output
+from .settings import Settings
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def events_url(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}/events"
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """Outcome of claiming a job for an attempt."""
+
+    status: str  # "started", or the status that prevented the start
+    attempt: int = 0
+
+
+class JobStore:
+    """The job hash and the event stream of every job, behind one small API."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = k.Keys(settings.key_prefix)
+        self._start = redis.register_script(scripts.START)
+        self._write = redis.register_script(scripts.WRITE)
+        self._cancel = redis.register_script(scripts.CANCEL)
+
+    @property
+    def active_ttl(self) -> int:
+        """How long the keys of an unfinished job live (refreshed at each start)."""
+        return int(self.settings.retention_seconds + 2 * self.settings.job_timeout_seconds)
+
+    async def create(self, job_id: str, request: JobRequest) -> str:
+        """Write the job hash and its ``job.queued`` event; returns that event's id."""
+        now = time.time()
+        job_key, events_key = self.keys.job(job_id), self.keys.events(job_id)
+        queued = JobQueued(job_id=job_id, attempt=0, model=request.model)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                job_key,
+                mapping={
+                    k.F_STATUS: JobStatus.queued.value,
+                    k.F_MODEL: request.model,
+                    k.F_REQUEST: request.model_dump_json(exclude_none=True),
+                    k.F_ATTEMPT: 0,
+                    k.F_CREATED: repr(now),
+                },
+            )
+            pipe.xadd(events_key, queued.to_fields(), maxlen=self.settings.stream_maxlen)
+            pipe.expire(job_key, self.active_ttl)
+            pipe.expire(events_key, self.active_ttl)
+            pipe.zadd(self.keys.jobs_index, {job_id: now})
+            pipe.zremrangebyrank(self.keys.jobs_index, 0, -10_001)  # keep the newest 10,000
+            result = await pipe.execute()
+        return _s(result[1])
+
+    async def start(self, job_id: str, worker: str, reason: str = "worker lost") -> StartResult:
+        """Claim the job for a new attempt (``job.started``), unless it ended or was cancelled."""
+        res = await self._start(
+            keys=[self.keys.job(job_id), self.keys.events(job_id)],
+            args=[worker, repr(time.time()), self.settings.stream_maxlen, self.active_ttl, reason],
+        )
+        status = _s(res[0])
+        attempt = int(res[1]) if len(res) > 1 else 0
+        return StartResult(status=status, attempt=attempt)
+
+    async def write(
+        self,
+        job_id: str,
+        attempt: int,
+        events: list[tuple[str, str]],
+        seq: int,
+        final_status: str = "",
+        final_fields: dict[str, str] | None = None,
+    ) -> str:
+        """Fenced append of (type, data-json) pairs; with ``final_status``, end the job."""
+        args: list[Any] = [
+            attempt,
+            self.settings.stream_maxlen,
+            len(events),
+            final_status,
+            repr(time.time()),
+            self.settings.retention_seconds,
+            seq,
+        ]
+        for type_, data in events:
+            args += [type_, data]
+        for field, value in (final_fields or {}).items():
+            args += [field, value]
+        try:
+            res = await self._write(
+                keys=[self.keys.job(job_id), self.keys.events(job_id)], args=args
+            )
+        except ResponseError as exc:
+            if str(exc).startswith("FENCED"):
+                raise FencedError(f"job {job_id}: {exc}") from exc
+            raise
+        return _s(res)
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by request") -> str:
+        """Record a cancel request; returns ``cancelled`` or ``cancelling``."""
+        res = await self._cancel(
+            keys=[self.keys.job(job_id), self.keys.events(job_id)],
+            args=[
+                repr(time.time()),
+                self.settings.retention_seconds,
+                self.settings.stream_maxlen,
+                reason,
+                self.keys.cancel_channel,
+                job_id,
+            ],
+        )
+        status = _s(res[0])
+        if status == "missing":
+            raise JobNotFoundError(job_id)
+        if status not in ("cancelled", "cancelling"):
+            raise JobStateError(job_id, status, "cancel")
+        return status
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        return _s(await self.redis.hget(self.keys.job(job_id), k.F_CANCEL) or "") == "1"
+
+    async def request(self, job_id: str) -> JobRequest:
+        raw = await self.redis.hget(self.keys.job(job_id), k.F_REQUEST)
+        if raw is None:
+            raise JobNotFoundError(job_id)
+        return JobRequest.model_validate_json(raw)
+
+    async def exists(self, job_id: str) -> bool:
+        return bool(await self.redis.exists(self.keys.job(job_id), self.keys.events(job_id)))
+
+    async def view(self, job_id: str) -> JobView:
+        """The job's status and output; for an unfinished job, folded from its stream so far."""
+        raw = await self.redis.hgetall(self.keys.job(job_id))
+        if not raw:
+            raise JobNotFoundError(job_id)
+        h = {_s(a): _s(b) for a, b in raw.items()}
+        status = JobStatus(h[k.F_STATUS])
+        output: Output
+        usage: UsageInfo | None = None
+        if k.F_OUTPUT in h:
+            output = Output.model_validate_json(h[k.F_OUTPUT])
+            usage = UsageInfo.model_validate_json(h[k.F_USAGE]) if h.get(k.F_USAGE) else None
+        else:
+            acc = await self.fold(job_id)
+            output, usage = acc.output(), acc.usage
+        error = ErrorInfo.model_validate_json(h[k.F_ERROR]) if h.get(k.F_ERROR) else None
+        return JobView(
+            id=job_id,
+            status=status,
+            model=h.get(k.F_MODEL, ""),
+            attempt=int(h.get(k.F_ATTEMPT, "0")),
+            worker=h.get(k.F_WORKER),
+            created_at=float(h.get(k.F_CREATED, "0")),
+            started_at=float(h[k.F_STARTED]) if k.F_STARTED in h else None,
+            finished_at=float(h[k.F_FINISHED]) if k.F_FINISHED in h else None,
+            output=output,
+            usage=usage,
+            error=error,
+            events_url=events_url(job_id),
+        )
+
+    async def fold(self, job_id: str) -> Accumulator:
+        """Fold the stream so far into an accumulator, one bounded XRANGE page at a time."""
+        acc = Accumulator()
+        start = "-"
+        page = self.settings.read_count
+        while True:
+            entries = await self.redis.xrange(self.keys.events(job_id), start, "+", count=page)
+            for entry_id, fields in entries:
+                acc.add(from_entry(job_id, entry_id, fields))
+            if len(entries) < page:
+                return acc
+            start = "(" + _s(entries[-1][0])
+
+    async def recent(self, limit: int = 20) -> list[str]:
+        ids = await self.redis.zrevrange(self.keys.jobs_index, 0, limit - 1)
+        return [_s(i) for i in ids]
+
+
+def dumps(model: Any) -> str:
+    return json.dumps(model, separators=(",", ":"))

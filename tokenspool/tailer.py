@@ -1,0 +1,108 @@
+"""Tail a job's events straight from Redis, resuming after connection errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import InvalidEventIdError, JobNotFoundError, StreamGoneError, TokenspoolError
+from .events import Event, from_entry, is_terminal
+from .keys import Keys
+
+log = logging.getLogger(__name__)
+
+EVENT_ID_RE = re.compile(r"^(0|[0-9]{1,20}-[0-9]{1,20})$")
+RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+class TailTimeoutError(TokenspoolError, TimeoutError):
+    """No new event arrived within the tail's idle timeout."""
+
+
+def parse_event_id(value: str | None) -> str:
+    """Validate an ``after`` / ``Last-Event-ID`` value; ``None`` or empty means the start."""
+    if value is None or value.strip() == "":
+        return "0"
+    value = value.strip()
+    if not EVENT_ID_RE.match(value):
+        raise InvalidEventIdError(value)
+    return "0" if value in ("0", "0-0") else value
+
+
+def _id_tuple(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def check_retained(redis: Redis, stream: str, after: str) -> None:
+    """Raise StreamGoneError if events right after ``after`` were trimmed away (MAXLEN)."""
+    info = await redis.xinfo_stream(stream)
+    gone = info.get("max-deleted-entry-id") or "0-0"
+    gone = gone.decode() if isinstance(gone, bytes) else str(gone)
+    if _id_tuple(gone) > (0, 0) and _id_tuple(after) < _id_tuple(gone):
+        raise StreamGoneError(
+            f"offset {after} is older than the retained events (entries up to {gone} were "
+            "trimmed); resume from a later id or read the job's output"
+        )
+
+
+async def tail(
+    redis: Redis,
+    job_id: str,
+    after: str | None = "0",
+    *,
+    keys: Keys | None = None,
+    count: int = 100,
+    block_ms: int = 5_000,
+    idle_timeout: float | None = None,
+    reconnect_timeout: float = 60.0,
+) -> AsyncIterator[Event]:
+    """Yield the events of ``job_id`` after ``after`` until (and including) the terminal one.
+
+    Reads with XREAD COUNT/BLOCK, so at most ``count`` events are held at once and the caller's
+    pace is the reading pace. After a connection error it resumes from the last id it yielded,
+    for up to ``reconnect_timeout`` seconds. ``idle_timeout`` bounds the wait for a new event.
+    """
+    keys = keys or Keys()
+    last = parse_event_id(after)
+    stream, job_key = keys.events(job_id), keys.job(job_id)
+    if not await redis.exists(stream, job_key):
+        raise JobNotFoundError(job_id)
+    failures = 0
+    outage_started: float | None = None
+    idle_since = time.monotonic()
+    while True:
+        try:
+            response = await redis.xread({stream: last}, count=count, block=block_ms)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            now = time.monotonic()
+            outage_started = outage_started or now
+            if now - outage_started > reconnect_timeout:
+                raise
+            delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+            failures += 1
+            log.warning("job %s: tail read failed (%s); resuming after %s", job_id, exc, last)
+            await asyncio.sleep(delay)
+            continue
+        failures, outage_started = 0, None
+        if not response:
+            if not await redis.exists(stream, job_key):
+                raise JobNotFoundError(job_id)  # expired while we waited
+            if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
+                raise TailTimeoutError(f"job {job_id}: no event for {idle_timeout}s")
+            continue
+        idle_since = time.monotonic()
+        for _name, entries in response:
+            for entry_id, fields in entries:
+                event = from_entry(job_id, entry_id, fields)
+                last = event.event_id or last
+                yield event
+                if is_terminal(event):
+                    return
