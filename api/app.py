@@ -13,7 +13,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from tokenspool import queue
-from tokenspool.connections import connect
+from tokenspool.connections import close, connect
 from tokenspool.errors import (
     InvalidEventIdError,
     JobNotFoundError,
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await pool.aclose()
+            await close(pool)
 
     app = FastAPI(
         title="tokenspool",

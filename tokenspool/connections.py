@@ -37,3 +37,10 @@ def connect(settings: Settings, *, max_connections: int = 512) -> ArqRedis:
         job_deserializer=job_deserializer,
         default_queue_name=settings.queue_name,
     )
+
+
+async def close(redis: ArqRedis) -> None:
+    """Close the client and every pooled connection (the pool was passed in, so aclose alone
+    would leave them open)."""
+    await redis.aclose()
+    await redis.connection_pool.disconnect()

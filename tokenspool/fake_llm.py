@@ -223,6 +223,7 @@ def create_app() -> Starlette:
             "id": completion_id,
             "model": p.model,
             "directives": p.directives,
+            "prompt": _last_user_text(body.get("messages") or [])[:200],
             "started_at": time.time(),
             "sent": 0,
             "finished": False,
