@@ -56,9 +56,20 @@ class FencedError(TokenspoolError):
 class ProviderError(TokenspoolError):
     """The model provider answered with an error or broke the stream."""
 
-    def __init__(self, type_: str, message: str) -> None:
+    def __init__(
+        self,
+        type_: str,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        retryable: bool = False,
+    ) -> None:
         self.type = type_
         self.message = message
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.retryable = retryable
         super().__init__(f"{type_}: {message}")
 
 

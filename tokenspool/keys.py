@@ -53,6 +53,11 @@ class Keys:
         return f"{self.prefix}:cancel"
 
     @property
+    def running(self) -> str:
+        """Sorted set of running job ids by lease deadline (ms); workers reap expired ones."""
+        return f"{self.prefix}:running"
+
+    @property
     def jobs_index(self) -> str:
         """Sorted set of recent job ids by creation time (for listings)."""
         return f"{self.prefix}:jobs"

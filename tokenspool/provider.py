@@ -27,12 +27,46 @@ def load_litellm() -> ModuleType:
     return _litellm
 
 
+# error classes (litellm's names) worth another attempt even without an HTTP status
+RETRYABLE_TYPES = frozenset(
+    {
+        "APIConnectionError",
+        "Timeout",
+        "RateLimitError",
+        "ServiceUnavailableError",
+        "InternalServerError",
+        "MidStreamFallbackError",
+        "APIError",
+    }
+)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    headers: Any = getattr(exc, "litellm_response_headers", None)
+    response = getattr(exc, "response", None)
+    if not headers and response is not None:
+        headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except (TypeError, ValueError):
+        return None  # an HTTP date: fall back to our own backoff
+
+
 def provider_error(exc: BaseException) -> ProviderError:
-    """A ProviderError naming the provider's error class and message."""
+    """A ProviderError naming the provider's error class and message, with retry hints."""
     message = str(getattr(exc, "message", "") or exc) or exc.__class__.__name__
-    err = ProviderError(exc.__class__.__name__, message)
-    err.status_code = getattr(exc, "status_code", None)  # type: ignore[attr-defined]
-    return err
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) else None
+    type_ = exc.__class__.__name__
+    retryable = (status is not None and (status in (408, 409, 429) or status >= 500)) or (
+        status is None and type_ in RETRYABLE_TYPES
+    )
+    return ProviderError(
+        type_, message, status_code=status, retry_after=_retry_after(exc), retryable=retryable
+    )
 
 
 class ProviderStream:
@@ -60,7 +94,9 @@ class ProviderStream:
             async with asyncio.timeout(self.idle_timeout):
                 self._response = await litellm.acompletion(**kwargs)
         except TimeoutError as exc:
-            raise ProviderError("Timeout", f"no answer within {self.idle_timeout}s") from exc
+            raise ProviderError(
+                "Timeout", f"no answer within {self.idle_timeout}s", retryable=True
+            ) from exc
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -77,7 +113,7 @@ class ProviderStream:
                 return
             except TimeoutError as exc:
                 raise ProviderError(
-                    "Timeout", f"provider sent nothing for {self.idle_timeout}s"
+                    "Timeout", f"provider sent nothing for {self.idle_timeout}s", retryable=True
                 ) from exc
             except asyncio.CancelledError:
                 raise

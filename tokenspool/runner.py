@@ -1,4 +1,9 @@
-"""Runs one attempt of a job: provider stream in, typed events out, one terminal event."""
+"""Runs a job: attempts of provider stream in, typed events out, exactly one terminal event.
+
+An attempt ends in one of: completed, failed, cancelled (all terminal, written fenced), a retry
+(the same worker starts the next attempt after a backoff), or lost (another worker took the job
+over; nothing more is written). See docs/protocol.md, "Attempts, leases and retries".
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .accumulator import Accumulator
 from .cancellation import CancelWatcher
@@ -15,6 +21,7 @@ from .chunks import ChunkMapper
 from .errors import FencedError, ProviderError, TokenspoolError
 from .events import ErrorInfo, JobCancelled, JobCompleted, JobFailed, UsageInfo, _Event
 from .jobs import JobPayload, JobStatus
+from .leases import LeaseKeeper
 from .model_list import ModelList
 from .provider import ProviderStream
 from .publisher import Publisher
@@ -22,6 +29,8 @@ from .settings import Settings
 from .store import JobStore
 
 log = logging.getLogger(__name__)
+
+FINAL = frozenset({"completed", "failed", "cancelled", "missing"})
 
 
 def worker_name() -> str:
@@ -37,11 +46,30 @@ class RunContext:
     store: JobStore
     models: ModelList
     cancels: CancelWatcher
+    leases: LeaseKeeper
     worker: str
+    taking_over: set[str] = field(default_factory=set)
 
 
-class _Cancelled(Exception):
-    pass
+@dataclass
+class _Retry:
+    reason: str
+    delay: float
+
+
+def _estimate_usage(mapper: ChunkMapper) -> UsageInfo:
+    # about four characters a token for English text; flagged as an estimate
+    completion = (mapper.output_chars + 3) // 4
+    return UsageInfo(completion_tokens=completion, total_tokens=completion, estimated=True)
+
+
+def backoff(settings: Settings, attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter; a provider's Retry-After wins when it is longer."""
+    cap = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** (attempt - 1))
+    delay = random.uniform(0, cap)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, settings.retry_max_seconds))
+    return delay
 
 
 async def _wait_cancel(ctx: RunContext, job_id: str, event: asyncio.Event) -> None:
@@ -55,29 +83,71 @@ async def _wait_cancel(ctx: RunContext, job_id: str, event: asyncio.Event) -> No
             return
 
 
-def _estimate_usage(mapper: ChunkMapper) -> UsageInfo:
-    # about four characters a token for English text; flagged as an estimate
-    completion = (mapper.output_chars + 3) // 4
-    return UsageInfo(completion_tokens=completion, total_tokens=completion, estimated=True)
-
-
-async def run_job(ctx: RunContext, payload: JobPayload) -> str:
-    """Run one attempt of ``payload``; returns the job's final status (or why it did not run)."""
+async def run_job(ctx: RunContext, payload: JobPayload, reason: str = "worker lost") -> str:
+    """Run ``payload`` to its end (or until another worker owns it); returns the outcome."""
     job_id = payload.job_id
-    start = await ctx.store.start(job_id, ctx.worker)
-    if start.status != "started":
-        log.info("job %s not started: %s", job_id, start.status)
-        return start.status
-    attempt = start.attempt
-    log.info("job %s attempt %d started on %s", job_id, attempt, ctx.worker)
+    owner_attempt = 0
+    while True:
+        start = await ctx.store.start(job_id, ctx.worker, reason, owner_attempt)
+        if start.status != "started":
+            log.info("job %s not started: %s", job_id, start.status)
+            if start.status in FINAL:
+                await ctx.store.forget_running(job_id)
+            return start.status
+        attempt = start.attempt
+        log.info("job %s attempt %d started on %s", job_id, attempt, ctx.worker)
+        lost = ctx.leases.hold(job_id, attempt)
+        finished = False
+        try:
+            outcome = await _run_attempt(ctx, payload, attempt, lost)
+            if isinstance(outcome, _Retry):
+                log.info("job %s attempt %d will be retried in %.2fs: %s", job_id, attempt,
+                         outcome.delay, outcome.reason)
+                lost_wait = asyncio.create_task(lost.wait())
+                try:
+                    await asyncio.wait({lost_wait}, timeout=outcome.delay)
+                finally:
+                    lost_wait.cancel()
+                if lost.is_set():
+                    finished = True
+                    return "lost"
+                owner_attempt, reason = attempt, outcome.reason
+                continue
+            finished = True
+            if outcome in FINAL:
+                await ctx.store.forget_running(job_id)
+            return outcome
+        except BaseException:
+            finished = finished or lost.is_set()
+            raise
+        finally:
+            ctx.leases.drop(job_id)
+            if not finished:
+                # shutdown or crash of this task: hand the job over at once
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(ctx.store.release(job_id, attempt))
+                log.info("job %s attempt %d handed over", job_id, attempt)
+
+
+async def _run_attempt(
+    ctx: RunContext, payload: JobPayload, attempt: int, lost: asyncio.Event
+) -> str | _Retry:
+    job_id = payload.job_id
     request = payload.request
+    settings = ctx.settings
     mapper = ChunkMapper(job_id, attempt)
     acc = Accumulator()
     acc.attempt = attempt
     cancel_event = ctx.cancels.register(job_id)
     stream: ProviderStream | None = None
 
-    async with Publisher(ctx.store, job_id, attempt) as pub:
+    async with Publisher(
+        ctx.store,
+        job_id,
+        attempt,
+        max_pending=settings.max_pending_events,
+        outage_seconds=settings.redis_outage_seconds,
+    ) as pub:
 
         async def emit(events: list[_Event]) -> None:
             for event in events:
@@ -91,24 +161,30 @@ async def run_job(ctx: RunContext, payload: JobPayload) -> str:
             except TokenspoolError as exc:
                 raise ProviderError(exc.__class__.__name__, str(exc)) from exc
             stream = ProviderStream(
-                params, request.provider_kwargs(), ctx.settings.provider_idle_timeout_seconds
+                params, request.provider_kwargs(), settings.provider_idle_timeout_seconds
             )
             await stream.open()
             async for chunk in stream.chunks():
                 await emit(mapper.feed(chunk))
             await emit(mapper.finish())
+            await pub.flush()
 
         producing = asyncio.create_task(produce(), name=f"produce:{job_id}")
         watching = asyncio.create_task(_wait_cancel(ctx, job_id, cancel_event))
+        losing = asyncio.create_task(lost.wait())
         final: _Event
         status: JobStatus
         error: ErrorInfo | None = None
         try:
             done, _ = await asyncio.wait(
-                {producing, watching},
-                timeout=ctx.settings.job_timeout_seconds,
+                {producing, watching, losing},
+                timeout=settings.job_timeout_seconds,
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            if losing in done:
+                log.warning("job %s attempt %d: another worker took over; stopping", job_id,
+                            attempt)
+                return "lost"
             if producing in done and producing.exception() is None:
                 status = JobStatus.completed
                 final = JobCompleted(
@@ -121,8 +197,16 @@ async def run_job(ctx: RunContext, payload: JobPayload) -> str:
                 exc = producing.exception()
                 if isinstance(exc, FencedError):
                     log.warning("job %s attempt %d fenced off: %s", job_id, attempt, exc)
-                    return "fenced"
+                    return "lost"
                 if isinstance(exc, ProviderError):
+                    began = mapper.output_chars > 0
+                    may_retry = exc.retryable and attempt < settings.max_attempts
+                    if may_retry and (not began or settings.midstream_policy == "retry"):
+                        when = "after output began" if began else "before output"
+                        return _Retry(
+                            reason=f"{exc.type} {when}: {exc.message}"[:500],
+                            delay=backoff(settings, attempt, exc.retry_after),
+                        )
                     error = ErrorInfo(type=exc.type, message=exc.message)
                 else:
                     log.error("job %s failed unexpectedly", job_id, exc_info=exc)
@@ -141,25 +225,25 @@ async def run_job(ctx: RunContext, payload: JobPayload) -> str:
                 status = JobStatus.failed
                 error = ErrorInfo(
                     type="Timeout",
-                    message=f"job exceeded its deadline of {ctx.settings.job_timeout_seconds}s",
+                    message=f"job exceeded its deadline of {settings.job_timeout_seconds}s",
                 )
                 final = JobFailed(job_id=job_id, attempt=attempt, error=error)
         finally:
             ctx.cancels.unregister(job_id)
-            for task in (producing, watching):
+            for task in (producing, watching, losing):
                 task.cancel()
-            for task in (producing, watching):
+            if stream is not None:
+                await stream.aclose()  # closes the upstream connection
+            for task in (producing, watching, losing):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            if stream is not None:
-                await stream.aclose()
 
         if isinstance(final, JobCancelled):
             acc.add(final)
         usage = final.usage if isinstance(final, JobCompleted | JobCancelled) else mapper.usage
+        output = acc.output().model_copy(update={"finish_reason": mapper.finish_reason})
         fields = {
-            "output": acc.output().model_copy(update={"finish_reason": mapper.finish_reason})
-            .model_dump_json(),
+            "output": output.model_dump_json(),
             "usage": usage.model_dump_json() if usage else "",
             "error": error.model_dump_json() if error else "",
         }
@@ -167,6 +251,6 @@ async def run_job(ctx: RunContext, payload: JobPayload) -> str:
             await pub.finish(final, status.value, fields)
         except FencedError as exc:
             log.warning("job %s attempt %d fenced off at finish: %s", job_id, attempt, exc)
-            return "fenced"
+            return "lost"
     log.info("job %s attempt %d %s", job_id, attempt, status.value)
     return status.value

@@ -7,35 +7,60 @@ write can never carry an attempt other than the one it was fenced on.
 
 from __future__ import annotations
 
-# Start (or restart) an attempt. ARGV: worker, now, maxlen, active_ttl, retry_reason.
-# Returns {"started", attempt, first_id} | {"cancelled", attempt} | {status} | {"missing"}.
+# Start (or restart) an attempt. ARGV: worker, now, maxlen, active_ttl, retry_reason, lease_ms,
+# owner_attempt ('' unless the current attempt's own worker restarts it after an error).
+# A running job is taken over only when its lease (``lease_until``, Redis server time in ms)
+# has expired, or by its owner. Returns {"started", attempt} | {"busy", attempt} |
+# {"cancelled", attempt} | {final status} | {"missing"}.
 START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then
   return {status}
 end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prev = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
 local attempt = prev + 1
 local maxlen = ARGV[3]
+if status == 'running' and ARGV[7] ~= tostring(prev) then
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  if lease > now_ms then return {'busy', prev} end
+end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'lease_until', '0')
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 't', 'job.cancelled', 'a', tostring(prev),
     'd', '{"reason":"cancelled before it started","usage":null}')
   return {'cancelled', prev}
 end
 if status == 'running' then
-  -- the previous attempt's worker is gone (arq re-ran the job): supersede it
+  -- supersede the previous attempt: its worker is gone (lease expired) or it is retrying
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 't', 'job.retrying', 'a', tostring(prev),
     'd', cjson.encode({next_attempt = attempt, reason = ARGV[5]}))
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', attempt, 'worker', ARGV[1],
-  'started_at', ARGV[2], 'wseq', '0')
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 't', 'job.started',
+  'started_at', ARGV[2], 'wseq', '0', 'lease_until', now_ms + tonumber(ARGV[6]))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 't', 'job.started',
   'a', tostring(attempt), 'd', cjson.encode({worker = ARGV[1]}))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {'started', attempt, id}
+return {'started', attempt}
+"""
+
+# Renew (ARGV: attempt, lease_ms) or release (lease_ms = 0) the lease of a running attempt.
+# Returns 1 while the attempt still owns the job, 0 once it does not.
+LEASE = """
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] or
+   redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+  return 0
+end
+local until_ms = 0
+if tonumber(ARGV[2]) > 0 then
+  local t = redis.call('TIME')
+  until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'lease_until', until_ms)
+return 1
 """
 
 # Append events, fenced on the attempt; optionally end the job.
@@ -62,7 +87,7 @@ for i = 0, n - 1 do
     't', ARGV[8 + 2 * i], 'a', ARGV[1], 'd', ARGV[9 + 2 * i])
 end
 if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', ARGV[5])
+  redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', ARGV[5], 'lease_until', '0')
   for i = 8 + 2 * n, #ARGV, 2 do
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,18 @@ class Settings(BaseSettings):
     poll_delay_seconds: float = Field(0.05, gt=0)  # arq queue poll
     cancel_check_seconds: float = Field(1.0, gt=0)  # fallback poll for cancel flags
     queue_name: str = "tokenspool:queue"
+
+    # fault tolerance (docs/protocol.md, "Attempts, leases and retries")
+    lease_seconds: float = Field(3.0, gt=0)  # a running attempt is taken over after this
+    lease_renew_seconds: float = Field(1.0, gt=0)
+    reap_interval_seconds: float = Field(0.5, gt=0)  # how often workers look for lost jobs
+    max_attempts: int = Field(4, ge=1)
+    retry_base_seconds: float = Field(0.5, ge=0)  # backoff: base * 2**(n-1), full jitter
+    retry_max_seconds: float = Field(30.0, ge=0)
+    midstream_policy: Literal["retry", "fail"] = "retry"  # errors after output began
+    shutdown_grace_seconds: float = Field(10.0, ge=0)  # SIGTERM: let streams finish, then hand over
+    redis_outage_seconds: float = Field(30.0, gt=0)  # a worker abandons an attempt after this
+    max_pending_events: int = Field(1024, ge=1)  # per attempt, while Redis is slow or away
 
     # API request limits
     max_body_bytes: int = Field(1_000_000, ge=1_000)

@@ -45,6 +45,7 @@ class JobStore:
         self._start = redis.register_script(scripts.START)
         self._write = redis.register_script(scripts.WRITE)
         self._cancel = redis.register_script(scripts.CANCEL)
+        self._lease = redis.register_script(scripts.LEASE)
 
     @property
     def active_ttl(self) -> int:
@@ -75,15 +76,63 @@ class JobStore:
             result = await pipe.execute()
         return _s(result[1])
 
-    async def start(self, job_id: str, worker: str, reason: str = "worker lost") -> StartResult:
-        """Claim the job for a new attempt (``job.started``), unless it ended or was cancelled."""
+    @property
+    def lease_ms(self) -> int:
+        return int(self.settings.lease_seconds * 1000)
+
+    async def start(
+        self, job_id: str, worker: str, reason: str = "worker lost", owner_attempt: int = 0
+    ) -> StartResult:
+        """Claim the job for a new attempt (``job.started``), unless it ended, was cancelled, or
+        another live attempt holds its lease. ``owner_attempt`` lets the current attempt's own
+        worker start the next one (a retry) without waiting for its lease to expire."""
         res = await self._start(
             keys=[self.keys.job(job_id), self.keys.events(job_id)],
-            args=[worker, repr(time.time()), self.settings.stream_maxlen, self.active_ttl, reason],
+            args=[
+                worker,
+                repr(time.time()),
+                self.settings.stream_maxlen,
+                self.active_ttl,
+                reason,
+                self.lease_ms,
+                str(owner_attempt) if owner_attempt else "",
+            ],
         )
         status = _s(res[0])
         attempt = int(res[1]) if len(res) > 1 else 0
+        if status == "started":
+            await self.redis.zadd(
+                self.keys.running, {job_id: time.time() * 1000 + self.lease_ms}
+            )
         return StartResult(status=status, attempt=attempt)
+
+    async def renew(self, leases: dict[str, int]) -> dict[str, bool]:
+        """Renew the leases of ``{job_id: attempt}`` in one round trip; False = lost."""
+        if not leases:
+            return {}
+        deadline = time.time() * 1000 + self.lease_ms
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, attempt in leases.items():
+                await self._lease(keys=[self.keys.job(job_id)], args=[attempt, self.lease_ms],
+                                  client=pipe)
+            pipe.zadd(self.keys.running, dict.fromkeys(leases, deadline))
+            results = await pipe.execute()
+        return {job_id: bool(r) for job_id, r in zip(leases, results, strict=False)}
+
+    async def release(self, job_id: str, attempt: int) -> None:
+        """Give up a running attempt's lease so another worker takes the job over at once."""
+        await self._lease(keys=[self.keys.job(job_id)], args=[attempt, 0])
+        await self.redis.zadd(self.keys.running, {job_id: 0})
+
+    async def expired(self, limit: int) -> list[str]:
+        """Running job ids whose lease deadline has passed (candidates for take-over)."""
+        ids = await self.redis.zrangebyscore(
+            self.keys.running, "-inf", time.time() * 1000, start=0, num=limit
+        )
+        return [_s(i) for i in ids]
+
+    async def forget_running(self, job_id: str) -> None:
+        await self.redis.zrem(self.keys.running, job_id)
 
     async def write(
         self,

@@ -11,7 +11,9 @@ from arq.worker import func
 
 from tokenspool.cancellation import CancelWatcher
 from tokenspool.connections import connect, job_deserializer, job_serializer
+from tokenspool.errors import JobNotFoundError
 from tokenspool.jobs import JobPayload
+from tokenspool.leases import LeaseKeeper, Reaper
 from tokenspool.logs import setup_logging
 from tokenspool.model_list import ModelList
 from tokenspool.provider import load_litellm
@@ -32,20 +34,62 @@ def build_worker(settings: Settings) -> Worker:
     models = ModelList.load(settings.models_file)
     pool = connect(settings)
 
+    takeovers: set[asyncio.Task[str]] = set()
+
     async def startup(ctx: dict[str, Any]) -> None:
         await asyncio.to_thread(load_litellm)  # ~2 s import, once, before taking jobs
         store = JobStore(pool, settings)
         cancels = CancelWatcher(pool, store.keys.cancel_channel)
         cancels.start()
-        ctx["tokenspool"] = RunContext(
-            settings=settings, store=store, models=models, cancels=cancels, worker=worker_name()
+        leases = LeaseKeeper(store)
+        leases.start()
+        run_ctx = RunContext(
+            settings=settings,
+            store=store,
+            models=models,
+            cancels=cancels,
+            leases=leases,
+            worker=worker_name(),
         )
+
+        async def take_over(job_id: str) -> None:
+            if job_id in run_ctx.taking_over:
+                return
+            try:
+                request = await store.request(job_id)
+            except JobNotFoundError:
+                await store.forget_running(job_id)
+                return
+            run_ctx.taking_over.add(job_id)
+            payload = JobPayload(job_id=job_id, request=request)
+            task = asyncio.create_task(run_job(run_ctx, payload, "lease expired: worker lost"))
+            takeovers.add(task)
+
+            def done(t: asyncio.Task[str]) -> None:
+                takeovers.discard(t)
+                run_ctx.taking_over.discard(job_id)
+
+            task.add_done_callback(done)
+
+        reaper = Reaper(store, lambda: settings.max_jobs - leases.count, take_over)
+        reaper.start()
+        ctx["tokenspool"] = run_ctx
+        ctx["tokenspool_reaper"] = reaper
         log.info("worker %s ready: models %s", worker_name(), ", ".join(models.names))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         run_ctx: RunContext | None = ctx.get("tokenspool")
-        if run_ctx is not None:
-            await run_ctx.cancels.stop()
+        if run_ctx is None:
+            return
+        await ctx["tokenspool_reaper"].stop()
+        if takeovers:
+            # same grace as arq's own jobs, then cancel: run_job hands them over
+            _, pending = await asyncio.wait(takeovers, timeout=settings.shutdown_grace_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await run_ctx.leases.stop()
+        await run_ctx.cancels.stop()
 
     return Worker(
         functions=[func(_run_job, name=RUN_JOB)],
@@ -61,6 +105,10 @@ def build_worker(settings: Settings) -> Worker:
         job_serializer=job_serializer,
         job_deserializer=job_deserializer,
         handle_signals=True,
+        # SIGTERM: stop taking jobs, let running ones finish for the grace period, then cancel
+        # them; a cancelled run_job releases its lease so another worker continues the job
+        job_completion_wait=int(settings.shutdown_grace_seconds),
+        retry_jobs=True,
     )
 
 

@@ -1,0 +1,111 @@
+"""Leases on running attempts: renewed by their worker, taken over by another when they lapse.
+
+Each running attempt holds ``lease_until`` on its job hash (Redis server time). One keeper task
+per worker process renews all of its attempts in one pipelined round trip every
+``lease_renew_seconds``; an attempt whose renewal is refused (another worker took the job
+over) is told through its ``lost`` event and stops its provider stream. A reaper task per
+process looks for running jobs whose lease deadline passed and starts their next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from redis.exceptions import RedisError
+
+from .store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class LeaseKeeper:
+    """Renews this process's leases; flags the ones it lost."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self._held: dict[str, tuple[int, asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def hold(self, job_id: str, attempt: int) -> asyncio.Event:
+        lost = asyncio.Event()
+        self._held[job_id] = (attempt, lost)
+        return lost
+
+    def drop(self, job_id: str) -> None:
+        self._held.pop(job_id, None)
+
+    @property
+    def count(self) -> int:
+        return len(self._held)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="lease-keeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def renew_now(self) -> None:
+        held = dict(self._held)
+        results = await self.store.renew({job_id: a for job_id, (a, _) in held.items()})
+        for job_id, owned in results.items():
+            if not owned and job_id in self._held and self._held[job_id][0] == held[job_id][0]:
+                log.warning("job %s: lease of attempt %d lost", job_id, held[job_id][0])
+                self._held[job_id][1].set()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.store.settings.lease_renew_seconds)
+            try:
+                await self.renew_now()
+            except (RedisError, OSError) as exc:
+                log.warning("lease renewal failed: %s", exc)
+
+
+class Reaper:
+    """Starts the next attempt of running jobs whose worker stopped renewing their lease."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        capacity: Callable[[], int],
+        take_over: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.store = store
+        self.capacity = capacity
+        self.take_over = take_over
+        self._task: asyncio.Task[None] | None = None
+        self.accepting = True
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="lease-reaper")
+
+    async def stop(self) -> None:
+        self.accepting = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def reap_once(self) -> int:
+        free = self.capacity()
+        if free <= 0 or not self.accepting:
+            return 0
+        taken = 0
+        for job_id in await self.store.expired(free):
+            await self.take_over(job_id)
+            taken += 1
+        return taken
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.store.settings.reap_interval_seconds)
+            try:
+                await self.reap_once()
+            except (RedisError, OSError) as exc:
+                log.warning("reaper pass failed: %s", exc)
