@@ -10,10 +10,11 @@ to expect. Directives in the last user message steer it, e.g. ``[fake chunks=50 
 - ``reasoning=N``    reasoning chunks before the content (default 6 when the upstream model
                      name contains ``reason``, else 0)
 - ``delay_ms=D``     pause between chunks; ``ttft_ms=T`` pause before the first chunk
-- ``status=S``       answer HTTP S (429, 500...) instead of streaming; with ``fail_times=K`` only
-                     the first K requests with the same prompt fail, then it streams normally
+- ``status=S``       answer HTTP S (429, 500...) instead of streaming
 - ``drop_after=K``   send K chunks, then cut the connection mid-stream
 - ``stall_after=K``  send K chunks, then go silent until the client hangs up
+- ``fail_times=K``   the faults above hit only the first K requests with the same prompt;
+                     later ones stream normally
 
 A request with ``tools`` answers with one call of the first tool, its arguments split mid-JSON.
 """
@@ -118,7 +119,7 @@ def plan(body: dict[str, Any]) -> Plan:
     messages = body.get("messages") or []
     directives = parse_directives(_last_user_text(messages))
     n = max(0, min(directives.get("chunks", 24), MAX_CHUNKS))
-    n_reasoning = directives.get("reasoning", 6 if "reason" in model else 0)
+    n_reasoning = max(0, min(directives.get("reasoning", 6 if "reason" in model else 0), MAX_CHUNKS))
     tool_call = None
     tools = body.get("tools") or []
     if tools:
@@ -126,7 +127,7 @@ def plan(body: dict[str, Any]) -> Plan:
         arguments = json.dumps(TOOL_ARGUMENTS)
         pieces = tuple(arguments[i : i + 7] for i in range(0, len(arguments), 7))
         tool_call = ToolCallPlan(id="call_fake_0", name=name, arguments=arguments, pieces=pieces)
-        n = directives.get("chunks", 0)
+        n = max(0, min(directives.get("chunks", 0), MAX_CHUNKS))
     content = tuple(
         WORDS[i % len(WORDS)] + (" " if i < n - 1 else "") for i in range(n)
     )
@@ -231,17 +232,20 @@ def create_app() -> Starlette:
             "status": 200,
         }
         stats.log.append(record)
-        if p.status:
-            key = _last_user_text(body.get("messages") or [])
-            stats.failures[key] += 1
-            if p.fail_times is None or stats.failures[key] <= p.fail_times:
-                record["status"] = p.status
-                headers = {"Retry-After": "1"} if p.status == 429 else {}
-                return JSONResponse(
-                    {"error": {"message": f"fake provider error {p.status}", "type": "fake"}},
-                    status_code=p.status,
-                    headers=headers,
-                )
+        key = _last_user_text(body.get("messages") or [])
+        stats.failures[key] += 1
+        faulty = p.fail_times is None or stats.failures[key] <= p.fail_times
+        record["faulty"] = faulty
+        if p.status and faulty:
+            record["status"] = p.status
+            headers = {"Retry-After": "1"} if p.status == 429 else {}
+            return JSONResponse(
+                {"error": {"message": f"fake provider error {p.status}", "type": "fake"}},
+                status_code=p.status,
+                headers=headers,
+            )
+        drop_after = p.drop_after if faulty else None
+        stall_after = p.stall_after if faulty else None
         all_chunks = chunks(p, completion_id)
         if not body.get("stream"):
             return JSONResponse(_completion(p, completion_id))
@@ -252,9 +256,9 @@ def create_app() -> Starlette:
                 if p.ttft_s:
                     await asyncio.sleep(p.ttft_s)
                 for i, item in enumerate(all_chunks):
-                    if p.drop_after is not None and i >= p.drop_after:
+                    if drop_after is not None and i >= drop_after:
                         raise ConnectionAbortedError("fake provider dropped the stream")
-                    if p.stall_after is not None and i >= p.stall_after:
+                    if stall_after is not None and i >= stall_after:
                         await asyncio.sleep(3600)
                     if i and p.delay_s:
                         await asyncio.sleep(p.delay_s)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,7 +65,7 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``environ`` (the process environment by default)."""
+        """Build settings from ``environ`` only (the process environment by default)."""
         if environ is None:
             return cls()
         values = {
@@ -73,4 +73,20 @@ class Settings(BaseSettings):
             for key, value in environ.items()
             if key.startswith("TOKENSPOOL_")
         }
-        return cls.model_validate(values)
+        checked = _ExplicitSettings(**values)
+        return cls.model_construct(_fields_set=checked.model_fields_set, **dict(checked))
+
+
+class _ExplicitSettings(Settings):
+    """Validates the values given only, never the process environment (``from_env``)."""
+
+    @classmethod
+    def settings_customise_sources(  # type: ignore[override]
+        cls,
+        settings_cls: Any,
+        init_settings: Any,
+        env_settings: Any,
+        dotenv_settings: Any,
+        file_secret_settings: Any,
+    ) -> tuple[Any, ...]:
+        return (init_settings,)

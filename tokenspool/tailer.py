@@ -33,6 +33,9 @@ def parse_event_id(value: str | None) -> str:
     value = value.strip()
     if not EVENT_ID_RE.match(value):
         raise InvalidEventIdError(value)
+    ms, _, seq = value.partition("-")
+    if int(ms) >= 2**64 or int(seq or 0) >= 2**64:  # Redis ids are two unsigned 64-bit parts
+        raise InvalidEventIdError(value)
     return "0" if value in ("0", "0-0") else value
 
 
