@@ -15,6 +15,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from tokenspool import queue
 from tokenspool.connections import close, connect
 from tokenspool.errors import (
+    IdempotencyConflictError,
     InvalidEventIdError,
     JobNotFoundError,
     JobStateError,
@@ -76,6 +77,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _conflict(request: Request, exc: JobStateError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "status": exc.status}, status_code=409)
 
+    @app.exception_handler(IdempotencyConflictError)
+    async def _idem_conflict(request: Request, exc: IdempotencyConflictError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "job_id": exc.job_id}, status_code=409)
+
     @app.exception_handler(StreamGoneError)
     async def _gone(request: Request, exc: StreamGoneError) -> JSONResponse:
         return _error(410, str(exc))
@@ -89,16 +94,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         s: JobStore = request.app.state.store
         return s
 
-    @app.post("/v1/jobs", status_code=202, response_model=JobAccepted)
-    async def create_job(body: JobRequest, request: Request, response: Response) -> Any:
+    @app.post(
+        "/v1/jobs",
+        status_code=202,
+        response_model=JobAccepted,
+        responses={200: {"description": "an earlier job with the same Idempotency-Key and body"}},
+    )
+    async def create_job(
+        body: JobRequest,
+        request: Request,
+        response: Response,
+        idempotency_key: Annotated[
+            str | None, Header(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")
+        ] = None,
+    ) -> Any:
         """Queue a chat completion; answers at once with the job id and its events URL."""
         if len(body.messages) > settings.max_messages:
             return _invalid("messages", f"at most {settings.max_messages} messages")
         if body.max_tokens is not None and body.max_tokens > settings.max_tokens_ceiling:
             return _invalid("max_tokens", f"at most {settings.max_tokens_ceiling}")
-        job_id = await queue.submit(store(request), request.app.state.pool, models, body)
+        s = store(request)
+        job_id, created = await queue.submit(
+            s, request.app.state.pool, models, body, idempotency_key
+        )
         response.headers["Location"] = f"/v1/jobs/{job_id}"
-        return JobAccepted(id=job_id, status=JobStatus.queued, events_url=events_url(job_id))
+        status = JobStatus.queued
+        if not created:
+            response.status_code = 200
+            try:
+                status = (await s.view(job_id)).status
+            except JobNotFoundError:
+                status = JobStatus.queued  # the first request is still writing it
+        return JobAccepted(id=job_id, status=status, events_url=events_url(job_id))
 
     @app.get("/v1/jobs", response_model=list[JobView])
     async def list_jobs(

@@ -49,6 +49,17 @@ class JobStateError(TokenspoolError):
         super().__init__(f"cannot {action} job {job_id!r}: it is already {status}")
 
 
+class IdempotencyConflictError(TokenspoolError):
+    """An Idempotency-Key was reused with a different request body."""
+
+    def __init__(self, key: str, job_id: str) -> None:
+        self.key = key
+        self.job_id = job_id
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used for job {job_id} with a different body"
+        )
+
+
 class FencedError(TokenspoolError):
     """A write was refused because another attempt owns the job (or it already ended)."""
 

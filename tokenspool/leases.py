@@ -65,6 +65,8 @@ class LeaseKeeper:
                 await self.renew_now()
             except (RedisError, OSError) as exc:
                 log.warning("lease renewal failed: %s", exc)
+            except Exception:  # supervising loop: log and keep renewing
+                log.exception("lease renewal failed")
 
 
 class Reaper:
@@ -107,5 +109,5 @@ class Reaper:
             await asyncio.sleep(self.store.settings.reap_interval_seconds)
             try:
                 await self.reap_once()
-            except (RedisError, OSError) as exc:
-                log.warning("reaper pass failed: %s", exc)
+            except Exception:  # supervising loop: log and keep reaping
+                log.exception("reaper pass failed")

@@ -108,8 +108,8 @@ async def run_job(ctx: RunContext, payload: JobPayload, reason: str = "worker lo
                     await asyncio.wait({lost_wait}, timeout=outcome.delay)
                 finally:
                     lost_wait.cancel()
+                finished = True  # either way this attempt is settled: lost, or retried by us
                 if lost.is_set():
-                    finished = True
                     return "lost"
                 owner_attempt, reason = attempt, outcome.reason
                 continue

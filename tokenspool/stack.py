@@ -39,6 +39,7 @@ class Stack:
     fake: Child | None = None
     api: Child | None = None
     workers: list[Child] = field(default_factory=list)
+    started_workers: int = 0
 
     @property
     def api_url(self) -> str:
@@ -49,7 +50,8 @@ class Stack:
         return f"http://127.0.0.1:{self.fake_port}"
 
     def start_worker(self, extra_env: dict[str, str] | None = None) -> Child:
-        n = len(self.workers)
+        self.started_workers += 1
+        n = self.started_workers
         child = python_child(
             f"worker-{n}", ["worker"], None, {**self.env, **(extra_env or {})},
             self.workdir / f"worker-{n}.log",

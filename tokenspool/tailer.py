@@ -45,14 +45,23 @@ def _id_tuple(value: str) -> tuple[int, int]:
 
 
 async def check_retained(redis: Redis, stream: str, after: str) -> None:
-    """Raise StreamGoneError if events right after ``after`` were trimmed away (MAXLEN)."""
+    """Raise StreamGoneError if events after ``after`` were trimmed away (MAXLEN cap).
+
+    XINFO's ``entries-added`` exceeds ``length`` once entries were trimmed; an offset older
+    than the oldest retained entry then has a gap behind it. (An offset equal to the last
+    trimmed id is refused too: the server does not say which ids it trimmed.)
+    """
     info = await redis.xinfo_stream(stream)
-    gone = info.get("max-deleted-entry-id") or "0-0"
-    gone = gone.decode() if isinstance(gone, bytes) else str(gone)
-    if _id_tuple(gone) > (0, 0) and _id_tuple(after) < _id_tuple(gone):
+    added, length = int(info.get("entries-added") or 0), int(info.get("length") or 0)
+    first = info.get("first-entry")
+    if added <= length or not first:
+        return
+    first_id = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
+    if _id_tuple(after) < _id_tuple(first_id):
         raise StreamGoneError(
-            f"offset {after} is older than the retained events (entries up to {gone} were "
-            "trimmed); resume from a later id or read the job's output"
+            f"offset {after} is older than the retained events: {added - length} early events "
+            f"were trimmed and the oldest kept is {first_id}; resume from a later id or read "
+            "the job's output"
         )
 
 

@@ -1,0 +1,290 @@
+"""Fault tolerance against real processes: killed, paused and stopped workers, flaky providers.
+
+Every test checks the promise: each job ends with exactly one terminal event and one
+consistent output (the winning attempt's), with no gap or repeat for its consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tokenspool.accumulator import Accumulator
+from tokenspool.client import Client
+from tokenspool.embedded import Child
+from tokenspool.events import Event
+from tokenspool.stack import Stack, start_stack
+
+from .conftest import ARTIFACTS
+from .helpers import expected, fake_requests, wait_until
+
+FAULT_ENV = {
+    "TOKENSPOOL_MAX_JOBS": "4",
+    "TOKENSPOOL_SHUTDOWN_GRACE_SECONDS": "1",
+    "TOKENSPOOL_PROVIDER_IDLE_TIMEOUT_SECONDS": "1.5",
+    "TOKENSPOOL_RETRY_BASE_SECONDS": "0.1",
+    "TOKENSPOOL_STREAM_MAXLEN": "100",
+    "TOKENSPOOL_READ_BLOCK_MS": "1000",
+}
+TERMINAL = ("job.completed", "job.failed", "job.cancelled")
+
+
+@pytest.fixture(scope="module")
+def fault_stack() -> Iterator[Stack]:
+    workdir = ARTIFACTS / "fault-stack"
+    if workdir.exists():
+        import shutil
+
+        shutil.rmtree(workdir)
+    s = start_stack(workers=2, extra_env=FAULT_ENV, workdir=workdir)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+async def fclient(fault_stack: Stack):
+    async with Client(fault_stack.api_url, read_timeout=30) as c:
+        yield c
+
+
+class Follower:
+    """Collects a job's events in the background; tests wait on what it has seen."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self.events: list[Event] = []
+        self._new = asyncio.Event()
+        self.task = asyncio.create_task(self._run(client, job_id))
+
+    async def _run(self, client: Client, job_id: str) -> None:
+        async for event in client.events(job_id):
+            self.events.append(event)
+            self._new.set()
+
+    async def until(self, predicate, timeout: float = 20.0) -> Event:
+        async with asyncio.timeout(timeout):
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                self._new.clear()
+                await self._new.wait()
+
+    async def done(self, timeout: float = 30.0) -> list[Event]:
+        await asyncio.wait_for(self.task, timeout)
+        return self.events
+
+
+def worker_child(stack: Stack, worker: str) -> Child:
+    pid = int(worker.rsplit(":", 1)[1])
+    return next(w for w in stack.workers if w.pid == pid)
+
+
+def assert_consistent(events: list[Event], text: str) -> Accumulator:
+    """One terminal event, unique ids, and the fold equals the expected text."""
+    ids = [e.event_id for e in events]
+    assert len(ids) == len(set(ids))
+    assert sum(e.type in TERMINAL for e in events) == 1 and events[-1].type in TERMINAL
+    acc = Accumulator()
+    for event in events:
+        acc.add(event)
+    assert acc.output().content == text
+    return acc
+
+
+async def test_killed_worker_job_completes_on_another_worker_after_retrying(
+    fault_stack: Stack, fclient: Client
+) -> None:
+    prompt = "kill -9 [fake chunks=150 delay_ms=20]"
+    want = expected("fake-gpt", prompt)
+    job = await fclient.submit("fake-gpt", prompt)
+    follower = Follower(fclient, job.id)
+    started = await follower.until(lambda e: e.type == "job.started")
+    await follower.until(lambda e: e.type == "content.delta")
+    victim = worker_child(fault_stack, started.worker)
+
+    victim.signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    assert victim.proc is not None and victim.proc.wait(5) == -signal.SIGKILL
+    fault_stack.workers.remove(victim)
+    fault_stack.start_worker()
+    restarted = await follower.until(lambda e: e.type == "job.started" and e.attempt == 2)
+    failover = time.monotonic() - killed_at
+    events = await follower.done()
+    view = await fclient.get(job.id)
+
+    retrying = [e for e in events if e.type == "job.retrying"]
+    assert len(retrying) == 1 and retrying[0].next_attempt == 2
+    assert "lease expired" in retrying[0].reason
+    assert restarted.worker != started.worker
+    assert_consistent(events, want.text)
+    assert view.status == "completed" and view.attempt == 2 and view.output.content == want.text
+    (ARTIFACTS / "failover-seconds.txt").write_text(f"{failover:.3f}\n")
+
+
+async def test_paused_worker_cannot_write_after_its_lease_is_taken_over(
+    fault_stack: Stack, fclient: Client
+) -> None:
+    prompt = "sigstop [fake chunks=400 delay_ms=20]"
+    want = expected("fake-gpt", prompt)
+    job = await fclient.submit("fake-gpt", prompt)
+    follower = Follower(fclient, job.id)
+    started = await follower.until(lambda e: e.type == "job.started")
+    await follower.until(lambda e: e.type == "content.delta")
+    paused = worker_child(fault_stack, started.worker)
+
+    paused.signal(signal.SIGSTOP)
+    try:
+        await follower.until(lambda e: e.type == "job.started" and e.attempt == 2)
+    finally:
+        paused.signal(signal.SIGCONT)
+    events = await follower.done()
+
+    async def stale_stream_closed() -> bool:
+        log = [r for r in await fake_requests(fault_stack.fake_url) if r["prompt"] == prompt]
+        return bool(log) and log[0]["disconnected_at"] is not None
+
+    await wait_until(stale_stream_closed, timeout=15)
+    view = await fclient.get(job.id)
+    after_retry = events[[e.type for e in events].index("job.retrying") + 1 :]
+    assert all(e.attempt == 2 for e in after_retry)  # nothing of attempt 1 after the hand-over
+    assert_consistent(events, want.text)
+    assert view.status == "completed" and view.attempt == 2 and view.output.content == want.text
+
+
+async def test_rate_limited_provider_is_retried_after_retry_after_and_completes(
+    fclient: Client,
+) -> None:
+    prompt = "429 once [fake status=429 fail_times=1 chunks=6]"
+    want = expected("fake-gpt", prompt)
+    job = await fclient.submit("fake-gpt", prompt)
+
+    events = [e async for e in fclient.events(job.id)]
+
+    retrying = [e for e in events if e.type == "job.retrying"]
+    assert len(retrying) == 1 and "RateLimitError before output" in retrying[0].reason
+    started = [e for e in events if e.type == "job.started"]
+    # the fake answers Retry-After: 1; the event ids carry the server's clock in ms
+    gap_ms = int(started[1].event_id.split("-")[0]) - int(started[0].event_id.split("-")[0])
+    assert gap_ms >= 900
+    assert_consistent(events, want.text)
+
+
+async def test_dropped_provider_stream_is_retried_from_the_start_and_completes(
+    fclient: Client,
+) -> None:
+    prompt = "drop once [fake drop_after=5 fail_times=1 chunks=20]"
+    want = expected("fake-gpt", prompt)
+    job = await fclient.submit("fake-gpt", prompt)
+
+    events = [e async for e in fclient.events(job.id)]
+    view = await fclient.get(job.id)
+
+    retrying = [e for e in events if e.type == "job.retrying"]
+    assert len(retrying) == 1 and "after output began" in retrying[0].reason
+    assert_consistent(events, want.text)
+    assert view.attempt == 2 and view.output.content == want.text
+
+
+async def test_stalled_provider_hits_the_idle_timeout_and_is_retried(fclient: Client) -> None:
+    prompt = "stall once [fake stall_after=3 fail_times=1 chunks=10]"
+    want = expected("fake-gpt", prompt)
+    job = await fclient.submit("fake-gpt", prompt)
+
+    events = [e async for e in fclient.events(job.id)]
+
+    retrying = [e for e in events if e.type == "job.retrying"]
+    assert len(retrying) == 1 and "Timeout" in retrying[0].reason
+    assert_consistent(events, want.text)
+
+
+async def test_provider_failing_every_attempt_ends_failed_with_the_last_error(
+    fclient: Client,
+) -> None:
+    job = await fclient.submit("fake-gpt", "always 503 [fake status=503]")
+
+    events = [e async for e in fclient.events(job.id)]
+    view = await fclient.get(job.id)
+
+    assert [e.type for e in events].count("job.retrying") == 3  # max_attempts 4
+    assert view.status == "failed" and view.attempt == 4
+    assert view.error is not None and "503" in view.error.message
+
+
+async def test_client_errors_from_the_provider_are_not_retried(fclient: Client) -> None:
+    job = await fclient.submit("fake-gpt", "bad request [fake status=400]")
+
+    events = [e async for e in fclient.events(job.id)]
+
+    assert "job.retrying" not in [e.type for e in events]
+    assert events[-1].type == "job.failed" and events[-1].error.type == "BadRequestError"
+
+
+async def test_sigterm_drains_short_jobs_and_hands_long_ones_to_another_worker(
+    fault_stack: Stack, fclient: Client
+) -> None:
+    long_prompt = "long [fake chunks=200 delay_ms=20]"
+    job = await fclient.submit("fake-gpt", long_prompt)
+    follower = Follower(fclient, job.id)
+    started = await follower.until(lambda e: e.type == "job.started")
+    await follower.until(lambda e: e.type == "content.delta")
+    leaving = worker_child(fault_stack, started.worker)
+
+    leaving.signal(signal.SIGTERM)
+    fault_stack.workers.remove(leaving)
+    fault_stack.start_worker()
+    events = await follower.done(timeout=40)
+    exit_code = leaving.proc.wait(15) if leaving.proc else None
+
+    assert exit_code is not None  # the worker did stop
+    retrying = [e for e in events if e.type == "job.retrying"]
+    assert len(retrying) == 1
+    later = [e for e in events if e.type == "job.started" and e.attempt == 2]
+    assert later and later[0].worker != started.worker
+    assert_consistent(events, expected("fake-gpt", long_prompt).text)
+
+
+async def test_idempotency_key_returns_the_same_job_and_refuses_a_different_body(
+    fault_stack: Stack,
+) -> None:
+    body = {"model": "fake-gpt", "messages": [{"role": "user", "content": "once [fake chunks=2]"}]}
+    key = {"Idempotency-Key": f"order-{os.getpid()}-{time.time_ns()}"}
+    async with httpx.AsyncClient(base_url=fault_stack.api_url) as http:
+        first = await http.post("/v1/jobs", json=body, headers=key)
+        again = await http.post("/v1/jobs", json=body, headers=key)
+        other = await http.post(
+            "/v1/jobs", json={**body, "temperature": 0.5}, headers=key
+        )
+
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert other.status_code == 409 and first.json()["id"] in other.json()["detail"]
+
+
+async def test_offset_older_than_the_retained_events_is_410(
+    fault_stack: Stack, fclient: Client
+) -> None:
+    from redis.asyncio import Redis
+
+    job = await fclient.submit("fake-gpt", "long enough to trim [fake chunks=400]")
+    await fclient.wait(job.id)
+    redis = Redis.from_url(fault_stack.redis.url)
+    try:
+        tail_ids = [i.decode() for i, _ in await redis.xrevrange(f"tokenspool:{{{job.id}}}:events",
+                                                                 count=3)]
+    finally:
+        await redis.aclose()
+
+    async with httpx.AsyncClient(base_url=fault_stack.api_url) as http:
+        gone = await http.get(f"/v1/jobs/{job.id}/events", params={"after": "0"})
+        kept = await http.get(f"/v1/jobs/{job.id}/events", params={"after": tail_ids[2]})
+
+    assert gone.status_code == 410 and "were trimmed" in gone.json()["detail"]
+    assert kept.status_code == 200 and kept.text.count("event: ") == 2
