@@ -1,0 +1,103 @@
+"""Long fault runs (``make chaos``): Redis restarts under load and many resuming consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import httpx
+import pytest
+
+from tokenspool.client import Client
+from tokenspool.embedded import RedisServer
+from tokenspool.stack import start_stack
+
+from .conftest import ARTIFACTS
+from .helpers import expected, wait_until
+
+pytestmark = pytest.mark.chaos
+
+
+async def test_redis_restart_with_aof_loses_no_acknowledged_event_and_jobs_finish() -> None:
+    workdir = ARTIFACTS / "chaos-aof"
+    if workdir.exists():
+        import shutil
+
+        shutil.rmtree(workdir)
+    stack = start_stack(workers=2, appendonly=True, workdir=workdir,
+                        extra_env={"TOKENSPOOL_READ_BLOCK_MS": "1000"})
+    try:
+        prompts = [f"aof {i} [fake chunks=150 delay_ms=20]" for i in range(6)]
+        async with Client(stack.api_url, read_timeout=30, max_reconnects=100) as client:
+            jobs = [await client.submit("fake-gpt", p) for p in prompts]
+            seen: dict[str, list] = {j.id: [] for j in jobs}
+
+            async def follow(job_id: str) -> None:
+                async for event in client.events(job_id):
+                    seen[job_id].append(event)
+
+            followers = [asyncio.create_task(follow(j.id)) for j in jobs]
+
+            async def mid_way() -> bool:  # restart Redis while every stream is mid-way
+                return all(
+                    sum(e.type == "content.delta" for e in v) >= 10 for v in seen.values()
+                )
+
+            await wait_until(mid_way, timeout=30)
+            before = {k: [e.event_id for e in v] for k, v in seen.items()}
+            stack.redis.stop()
+            stack.redis = RedisServer(stack.redis.port, appendonly=True,
+                                      data_dir=stack.redis.data_dir).start()
+            await asyncio.wait_for(asyncio.gather(*followers), 90)
+
+        for job, prompt in zip(jobs, prompts, strict=True):
+            ids = [e.event_id for e in seen[job.id]]
+            assert ids[: len(before[job.id])] == before[job.id]  # acknowledged events kept
+            assert len(ids) == len(set(ids))
+            text = "".join(e.text for e in seen[job.id] if e.type == "content.delta"
+                           and e.attempt == seen[job.id][-1].attempt)
+            assert seen[job.id][-1].type == "job.completed"
+            assert text == expected("fake-gpt", prompt).text
+    finally:
+        stack.stop()
+
+
+async def test_200_consumers_dropping_at_random_points_reconstruct_the_exact_output(
+    stack, client: Client, http: httpx.AsyncClient
+) -> None:
+    prompt = "two hundred [fake chunks=200 delay_ms=5]"
+    want = expected("fake-gpt", prompt)
+    job = await client.submit("fake-gpt", prompt)
+    rng = random.Random(11)
+
+    async def consumer() -> str:
+        text: list[str] = []
+        last, done = "0", False
+        while not done:
+            budget = rng.randint(1, 60)
+            async with http.stream("GET", f"/v1/jobs/{job.id}/events",
+                                   headers={"Last-Event-ID": last}) as response:
+                import json
+
+                block: dict[str, str] = {}
+                async for line in response.aiter_lines():
+                    if line == "":
+                        if "data" in block:
+                            data = json.loads(block["data"])
+                            last = block["id"]
+                            if data["type"] == "content.delta":
+                                text.append(data["text"])
+                            budget -= 1
+                            if data["type"] == "job.completed":
+                                done = True
+                            if done or budget == 0:
+                                break
+                        block = {}
+                    elif not line.startswith(":"):
+                        name, _, value = line.partition(": ")
+                        block[name] = value
+        return "".join(text)
+
+    results = await asyncio.gather(*(consumer() for _ in range(200)))
+
+    assert sum(r == want.text for r in results) == 200
