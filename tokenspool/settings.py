@@ -73,7 +73,7 @@ class Settings(BaseSettings):
             for key, value in environ.items()
             if key.startswith("TOKENSPOOL_")
         }
-        checked = _ExplicitSettings(**values)
+        checked = _ExplicitSettings.model_validate(values)
         return cls.model_construct(_fields_set=checked.model_fields_set, **dict(checked))
 
 
