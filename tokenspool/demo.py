@@ -41,6 +41,7 @@ def run_demo(workers: int = 2) -> int:
                   f"{workers} workers on loopback…[/dim]")
     stack = start_stack(workers=workers)
     try:
+        stack.wait_ready()
         console.print(f"[dim]API on {stack.api_url} (OpenAPI at {stack.api_url}/docs); "
                       f"logs in {stack.workdir}[/dim]\n")
         return asyncio.run(_run(stack.api_url, console))

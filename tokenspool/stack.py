@@ -59,6 +59,23 @@ class Stack:
         self.workers.append(child)
         return child
 
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until a worker has started polling (arq writes its health-check key then)."""
+        import time
+
+        from redis import Redis
+
+        client = Redis.from_url(self.redis.url)
+        try:
+            deadline = time.monotonic() + timeout
+            key = self.env.get("TOKENSPOOL_QUEUE_NAME", "tokenspool:queue") + ":health-check"
+            while not client.exists(key):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no worker ready after {timeout}s")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
     def stop(self) -> None:
         for child in [*self.workers, self.api, self.fake]:
             if child is not None:
