@@ -101,3 +101,61 @@ async def test_200_consumers_dropping_at_random_points_reconstruct_the_exact_out
     results = await asyncio.gather(*(consumer() for _ in range(200)))
 
     assert sum(r == want.text for r in results) == 200
+
+
+from .test_faults import Follower, fault_stack, fclient, worker_child  # noqa: E402,F401
+
+
+async def test_killed_worker_fails_over_in_under_5_seconds_every_time(fault_stack, fclient):
+    import signal
+    import time
+
+    failovers = []
+    for i in range(3):
+        prompt = f"failover {i} [fake chunks=300 delay_ms=20]"
+        job = await fclient.submit("fake-gpt", prompt)
+        follower = Follower(fclient, job.id)
+        started = await follower.until(lambda e: e.type == "job.started")
+        await follower.until(lambda e: e.type == "content.delta")
+        victim = worker_child(fault_stack, started.worker)
+        victim.signal(signal.SIGKILL)
+        killed = time.monotonic()
+        assert victim.proc is not None and victim.proc.wait(5) == -signal.SIGKILL
+        fault_stack.workers.remove(victim)
+        fault_stack.start_worker()
+        await follower.until(lambda e: e.type == "job.started" and e.attempt == 2)
+        failovers.append(time.monotonic() - killed)
+        events = await follower.done(timeout=60)
+        assert events[-1].type == "job.completed"
+        assert "".join(e.text for e in events if e.type == "content.delta" and e.attempt == 2) \
+            == expected("fake-gpt", prompt).text
+        fault_stack.wait_ready()
+
+    (ARTIFACTS / "failover-seconds.txt").write_text(" ".join(f"{f:.3f}" for f in failovers))
+    assert max(failovers) < 5.0, failovers
+
+
+async def test_cancel_closes_the_provider_connection_within_500_ms(fault_stack, fclient):
+    import time
+
+    from .helpers import fake_requests
+
+    closes = []
+    for i in range(3):
+        prompt = f"cancel timing {i} [fake chunks=500 delay_ms=20]"
+        job = await fclient.submit("fake-gpt", prompt)
+        follower = Follower(fclient, job.id)
+        await follower.until(lambda e: e.type == "content.delta")
+        requested = time.time()
+        await fclient.cancel(job.id)
+        events = await follower.done()
+
+        async def closed(prompt: str = prompt) -> float | None:
+            log = [r for r in await fake_requests(fault_stack.fake_url) if r["prompt"] == prompt]
+            return log[0]["disconnected_at"] if log and log[0]["disconnected_at"] else None
+
+        closes.append(await wait_until(closed, timeout=10) - requested)
+        assert events[-1].type == "job.cancelled"
+
+    (ARTIFACTS / "cancel-close-seconds.txt").write_text(" ".join(f"{c:.3f}" for c in closes))
+    assert max(closes) < 0.5, closes

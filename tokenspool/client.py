@@ -17,6 +17,11 @@ from .jobs import JobAccepted, JobView
 log = logging.getLogger(__name__)
 
 RECONNECT_DELAYS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+TRANSIENT_STATUS = frozenset({502, 503, 504})  # e.g. Redis restarting behind the API
+
+
+class _Transient(ClientError):
+    """A reconnectable failure (server busy or restarting)."""
 
 
 class Client:
@@ -113,6 +118,9 @@ class Client:
                     f"/v1/jobs/{job_id}/events",
                     headers={"Last-Event-ID": last},
                 ) as source:
+                    if source.response.status_code in TRANSIENT_STATUS:
+                        await source.response.aread()
+                        raise _Transient(source.response.status_code, "temporarily unavailable")
                     if source.response.status_code != 200:
                         await source.response.aread()
                         self._raise_for(source.response, job_id)
@@ -127,7 +135,7 @@ class Client:
                             return
                 # the server closed the stream before a terminal event: resume
                 raise httpx.RemoteProtocolError("stream ended before the terminal event")
-            except (httpx.TransportError, SSEError) as exc:
+            except (httpx.TransportError, SSEError, _Transient) as exc:
                 failures += 1
                 self.reconnects += 1
                 if failures > self.max_reconnects:

@@ -24,7 +24,7 @@ from .jobs import JobPayload, JobStatus
 from .leases import LeaseKeeper
 from .model_list import ModelList
 from .provider import ProviderStream
-from .publisher import Publisher
+from .publisher import Publisher, PublishError
 from .settings import Settings
 from .store import JobStore
 
@@ -198,6 +198,11 @@ async def _run_attempt(
                 if isinstance(exc, FencedError):
                     log.warning("job %s attempt %d fenced off: %s", job_id, attempt, exc)
                     return "lost"
+                if isinstance(exc, PublishError):
+                    # Redis stayed away past the deadline: give up this attempt without a
+                    # terminal event; its lease lapses and a worker that reaches Redis retries
+                    log.error("job %s attempt %d abandoned: %s", job_id, attempt, exc)
+                    return "abandoned"
                 if isinstance(exc, ProviderError):
                     began = mapper.output_chars > 0
                     may_retry = exc.retryable and attempt < settings.max_attempts
@@ -252,5 +257,8 @@ async def _run_attempt(
         except FencedError as exc:
             log.warning("job %s attempt %d fenced off at finish: %s", job_id, attempt, exc)
             return "lost"
+        except PublishError as exc:
+            log.error("job %s attempt %d abandoned at finish: %s", job_id, attempt, exc)
+            return "abandoned"
     log.info("job %s attempt %d %s", job_id, attempt, status.value)
     return status.value
