@@ -49,8 +49,11 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def settings(stack: Stack) -> Settings:
-    return Settings(redis_url=stack.redis.url, models_file=Path(stack.env["TOKENSPOOL_MODELS_FILE"]),
-                    read_block_ms=1000)
+    return Settings(
+        redis_url=stack.redis.url,
+        models_file=Path(stack.env["TOKENSPOOL_MODELS_FILE"]),
+        read_block_ms=1000,
+    )
 
 
 @pytest.fixture
@@ -97,3 +100,35 @@ async def proxy_factory() -> AsyncIterator[object]:
     yield make
     for proxy in made:
         await proxy.stop()
+
+
+# the fault tests' stack: short grace, idle timeout and backoff so faults resolve quickly
+FAULT_ENV = {
+    "TOKENSPOOL_MAX_JOBS": "4",
+    "TOKENSPOOL_SHUTDOWN_GRACE_SECONDS": "1",
+    "TOKENSPOOL_PROVIDER_IDLE_TIMEOUT_SECONDS": "1.5",
+    "TOKENSPOOL_RETRY_BASE_SECONDS": "0.1",
+    "TOKENSPOOL_STREAM_MAXLEN": "100",
+    "TOKENSPOOL_READ_BLOCK_MS": "1000",
+}
+
+
+@pytest.fixture(scope="session")
+def fault_stack() -> Iterator[Stack]:
+    """A second stack for tests that kill, pause and stop its processes."""
+    workdir = ARTIFACTS / "fault-stack"
+    if workdir.exists():
+        import shutil
+
+        shutil.rmtree(workdir)
+    s = start_stack(workers=2, extra_env=FAULT_ENV, workdir=workdir)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+async def fclient(fault_stack: Stack) -> AsyncIterator[Client]:
+    async with Client(fault_stack.api_url, read_timeout=30, max_reconnects=100) as c:
+        yield c

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from tokenspool.client import Client
+from tokenspool.embedded import Child
+from tokenspool.events import Event
 from tokenspool.fake_llm import Plan, plan
+from tokenspool.stack import Stack
 
 
 def expected(model: str, prompt: str, **params: Any) -> Plan:
@@ -37,8 +42,9 @@ async def sse_events(http: httpx.AsyncClient, job_id: str, **kw: Any) -> list[di
     assert response.status_code == 200, response.text
     out = []
     for item in parse_sse(response.text):
-        out.append({"id": item.get("id"), "event": item.get("event"),
-                    "data": json.loads(item["data"])})
+        out.append(
+            {"id": item.get("id"), "event": item.get("event"), "data": json.loads(item["data"])}
+        )
     return out
 
 
@@ -48,7 +54,7 @@ async def fake_requests(fake_url: str) -> list[dict[str, Any]]:
         return list(response.json()["requests"])
 
 
-async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:  # noqa: ASYNC109
     """Poll an async predicate until it returns a truthy value (bounded)."""
     async with asyncio.timeout(timeout):
         while True:
@@ -56,3 +62,36 @@ async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.
             if value:
                 return value
             await asyncio.sleep(interval)
+
+
+class Follower:
+    """Collects a job's events in the background; tests wait on what it has seen."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self.events: list[Event] = []
+        self._new = asyncio.Event()
+        self.task = asyncio.create_task(self._run(client, job_id))
+
+    async def _run(self, client: Client, job_id: str) -> None:
+        async for event in client.events(job_id):
+            self.events.append(event)
+            self._new.set()
+
+    async def until(self, predicate: Callable[[Event], bool], within: float = 20.0) -> Event:
+        async with asyncio.timeout(within):
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                self._new.clear()
+                await self._new.wait()
+
+    async def done(self, within: float = 30.0) -> list[Event]:
+        await asyncio.wait_for(self.task, within)
+        return self.events
+
+
+def worker_child(stack: Stack, worker: str) -> Child:
+    """The stack's worker process named by a ``job.started`` event's ``worker`` (host:pid)."""
+    pid = int(worker.rsplit(":", 1)[1])
+    return next(w for w in stack.workers if w.pid == pid)

@@ -13,7 +13,7 @@ from tokenspool.embedded import RedisServer
 from tokenspool.stack import start_stack
 
 from .conftest import ARTIFACTS
-from .helpers import expected, wait_until
+from .helpers import Follower, expected, wait_until, worker_child
 
 pytestmark = pytest.mark.chaos
 
@@ -24,8 +24,9 @@ async def test_redis_restart_with_aof_loses_no_acknowledged_event_and_jobs_finis
         import shutil
 
         shutil.rmtree(workdir)
-    stack = start_stack(workers=2, appendonly=True, workdir=workdir,
-                        extra_env={"TOKENSPOOL_READ_BLOCK_MS": "1000"})
+    stack = start_stack(
+        workers=2, appendonly=True, workdir=workdir, extra_env={"TOKENSPOOL_READ_BLOCK_MS": "1000"}
+    )
     try:
         prompts = [f"aof {i} [fake chunks=150 delay_ms=20]" for i in range(6)]
         async with Client(stack.api_url, read_timeout=30, max_reconnects=100) as client:
@@ -39,23 +40,25 @@ async def test_redis_restart_with_aof_loses_no_acknowledged_event_and_jobs_finis
             followers = [asyncio.create_task(follow(j.id)) for j in jobs]
 
             async def mid_way() -> bool:  # restart Redis while every stream is mid-way
-                return all(
-                    sum(e.type == "content.delta" for e in v) >= 10 for v in seen.values()
-                )
+                return all(sum(e.type == "content.delta" for e in v) >= 10 for v in seen.values())
 
             await wait_until(mid_way, timeout=30)
             before = {k: [e.event_id for e in v] for k, v in seen.items()}
             stack.redis.stop()
-            stack.redis = RedisServer(stack.redis.port, appendonly=True,
-                                      data_dir=stack.redis.data_dir).start()
+            stack.redis = RedisServer(
+                stack.redis.port, appendonly=True, data_dir=stack.redis.data_dir
+            ).start()
             await asyncio.wait_for(asyncio.gather(*followers), 90)
 
         for job, prompt in zip(jobs, prompts, strict=True):
             ids = [e.event_id for e in seen[job.id]]
             assert ids[: len(before[job.id])] == before[job.id]  # acknowledged events kept
             assert len(ids) == len(set(ids))
-            text = "".join(e.text for e in seen[job.id] if e.type == "content.delta"
-                           and e.attempt == seen[job.id][-1].attempt)
+            text = "".join(
+                e.text
+                for e in seen[job.id]
+                if e.type == "content.delta" and e.attempt == seen[job.id][-1].attempt
+            )
             assert seen[job.id][-1].type == "job.completed"
             assert text == expected("fake-gpt", prompt).text
     finally:
@@ -75,8 +78,9 @@ async def test_200_consumers_dropping_at_random_points_reconstruct_the_exact_out
         last, done = "0", False
         while not done:
             budget = rng.randint(1, 60)
-            async with http.stream("GET", f"/v1/jobs/{job.id}/events",
-                                   headers={"Last-Event-ID": last}) as response:
+            async with http.stream(
+                "GET", f"/v1/jobs/{job.id}/events", headers={"Last-Event-ID": last}
+            ) as response:
                 import json
 
                 block: dict[str, str] = {}
@@ -103,9 +107,6 @@ async def test_200_consumers_dropping_at_random_points_reconstruct_the_exact_out
     assert sum(r == want.text for r in results) == 200
 
 
-from .test_faults import Follower, fault_stack, fclient, worker_child  # noqa: E402,F401
-
-
 async def test_killed_worker_fails_over_in_under_5_seconds_every_time(fault_stack, fclient):
     import signal
     import time
@@ -125,10 +126,12 @@ async def test_killed_worker_fails_over_in_under_5_seconds_every_time(fault_stac
         fault_stack.start_worker()
         await follower.until(lambda e: e.type == "job.started" and e.attempt == 2)
         failovers.append(time.monotonic() - killed)
-        events = await follower.done(timeout=60)
+        events = await follower.done(within=60)
         assert events[-1].type == "job.completed"
-        assert "".join(e.text for e in events if e.type == "content.delta" and e.attempt == 2) \
+        assert (
+            "".join(e.text for e in events if e.type == "content.delta" and e.attempt == 2)
             == expected("fake-gpt", prompt).text
+        )
         fault_stack.wait_ready()
 
     (ARTIFACTS / "failover-seconds.txt").write_text(" ".join(f"{f:.3f}" for f in failovers))

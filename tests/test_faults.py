@@ -6,85 +6,21 @@ consistent output (the winning attempt's), with no gap or repeat for its consume
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from tokenspool.accumulator import Accumulator
 from tokenspool.client import Client
-from tokenspool.embedded import Child
 from tokenspool.events import Event
-from tokenspool.stack import Stack, start_stack
+from tokenspool.stack import Stack
 
 from .conftest import ARTIFACTS
-from .helpers import expected, fake_requests, wait_until
+from .helpers import Follower, expected, fake_requests, wait_until, worker_child
 
-FAULT_ENV = {
-    "TOKENSPOOL_MAX_JOBS": "4",
-    "TOKENSPOOL_SHUTDOWN_GRACE_SECONDS": "1",
-    "TOKENSPOOL_PROVIDER_IDLE_TIMEOUT_SECONDS": "1.5",
-    "TOKENSPOOL_RETRY_BASE_SECONDS": "0.1",
-    "TOKENSPOOL_STREAM_MAXLEN": "100",
-    "TOKENSPOOL_READ_BLOCK_MS": "1000",
-}
 TERMINAL = ("job.completed", "job.failed", "job.cancelled")
-
-
-@pytest.fixture(scope="module")
-def fault_stack() -> Iterator[Stack]:
-    workdir = ARTIFACTS / "fault-stack"
-    if workdir.exists():
-        import shutil
-
-        shutil.rmtree(workdir)
-    s = start_stack(workers=2, extra_env=FAULT_ENV, workdir=workdir)
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture
-async def fclient(fault_stack: Stack):
-    async with Client(fault_stack.api_url, read_timeout=30) as c:
-        yield c
-
-
-class Follower:
-    """Collects a job's events in the background; tests wait on what it has seen."""
-
-    def __init__(self, client: Client, job_id: str) -> None:
-        self.events: list[Event] = []
-        self._new = asyncio.Event()
-        self.task = asyncio.create_task(self._run(client, job_id))
-
-    async def _run(self, client: Client, job_id: str) -> None:
-        async for event in client.events(job_id):
-            self.events.append(event)
-            self._new.set()
-
-    async def until(self, predicate, timeout: float = 20.0) -> Event:
-        async with asyncio.timeout(timeout):
-            while True:
-                for event in self.events:
-                    if predicate(event):
-                        return event
-                self._new.clear()
-                await self._new.wait()
-
-    async def done(self, timeout: float = 30.0) -> list[Event]:
-        await asyncio.wait_for(self.task, timeout)
-        return self.events
-
-
-def worker_child(stack: Stack, worker: str) -> Child:
-    pid = int(worker.rsplit(":", 1)[1])
-    return next(w for w in stack.workers if w.pid == pid)
 
 
 def assert_consistent(events: list[Event], text: str) -> Accumulator:
@@ -240,7 +176,7 @@ async def test_sigterm_drains_short_jobs_and_hands_long_ones_to_another_worker(
     leaving.signal(signal.SIGTERM)
     fault_stack.workers.remove(leaving)
     fault_stack.start_worker()
-    events = await follower.done(timeout=40)
+    events = await follower.done(within=40)
     exit_code = leaving.proc.wait(15) if leaving.proc else None
 
     assert exit_code is not None  # the worker did stop
@@ -259,9 +195,7 @@ async def test_idempotency_key_returns_the_same_job_and_refuses_a_different_body
     async with httpx.AsyncClient(base_url=fault_stack.api_url) as http:
         first = await http.post("/v1/jobs", json=body, headers=key)
         again = await http.post("/v1/jobs", json=body, headers=key)
-        other = await http.post(
-            "/v1/jobs", json={**body, "temperature": 0.5}, headers=key
-        )
+        other = await http.post("/v1/jobs", json={**body, "temperature": 0.5}, headers=key)
 
     assert first.status_code == 202 and again.status_code == 200
     assert again.json()["id"] == first.json()["id"]
@@ -277,8 +211,9 @@ async def test_offset_older_than_the_retained_events_is_410(
     await fclient.wait(job.id)
     redis = Redis.from_url(fault_stack.redis.url)
     try:
-        tail_ids = [i.decode() for i, _ in await redis.xrevrange(f"tokenspool:{{{job.id}}}:events",
-                                                                 count=3)]
+        tail_ids = [
+            i.decode() for i, _ in await redis.xrevrange(f"tokenspool:{{{job.id}}}:events", count=3)
+        ]
     finally:
         await redis.aclose()
 

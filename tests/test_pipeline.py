@@ -11,7 +11,7 @@ from tokenspool.client import Client
 from tokenspool.events import ContentDelta, JobCompleted, JobStarted
 from tokenspool.stack import Stack
 
-from .helpers import expected, fake_requests, sse_events, wait_until
+from .helpers import expected, fake_requests, wait_until
 
 TOOLS = [
     {
@@ -114,8 +114,11 @@ async def test_malformed_body_is_422_naming_the_field(http: httpx.AsyncClient) -
 
     response = await http.post(
         "/v1/jobs",
-        json={"model": "fake-gpt", "messages": [{"role": "user", "content": "x"}],
-              "temperature": 9},
+        json={
+            "model": "fake-gpt",
+            "messages": [{"role": "user", "content": "x"}],
+            "temperature": 9,
+        },
     )
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "temperature"]
@@ -126,8 +129,11 @@ async def test_oversized_body_is_413_and_too_many_tokens_is_422(http: httpx.Asyn
     assert (await http.post("/v1/jobs", json=big)).status_code == 413
     response = await http.post(
         "/v1/jobs",
-        json={"model": "fake-gpt", "messages": [{"role": "user", "content": "x"}],
-              "max_tokens": 10_000_000},
+        json={
+            "model": "fake-gpt",
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 10_000_000,
+        },
     )
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "max_tokens"]
@@ -145,8 +151,10 @@ async def test_unknown_job_is_404_on_every_route(http: httpx.AsyncClient) -> Non
 
 
 async def test_jobs_spread_across_worker_processes(client: Client, stack: Stack) -> None:
-    jobs = [await client.submit("fake-gpt", f"spread {i} [fake chunks=20 delay_ms=20]")
-            for i in range(10)]
+    jobs = [
+        await client.submit("fake-gpt", f"spread {i} [fake chunks=20 delay_ms=20]")
+        for i in range(10)
+    ]
 
     workers = set()
     for job in jobs:
@@ -184,8 +192,9 @@ async def test_cancel_running_job_closes_provider_stream_and_ends_cancelled(
     assert log and log[-1]["disconnected_at"] is not None and not log[-1]["finished"]
 
 
-async def test_cancelling_a_finished_job_answers_409_with_its_status(client: Client,
-                                                                     http: httpx.AsyncClient):
+async def test_cancelling_a_finished_job_answers_409_with_its_status(
+    client: Client, http: httpx.AsyncClient
+):
     job = await client.submit("fake-gpt", "short [fake chunks=2]")
     await client.wait(job.id)
 
@@ -195,8 +204,9 @@ async def test_cancelling_a_finished_job_answers_409_with_its_status(client: Cli
     assert response.json()["status"] == "completed"
 
 
-async def test_queued_job_is_cancelled_without_running(store, client: Client, stack: Stack,
-                                                        redis) -> None:
+async def test_queued_job_is_cancelled_without_running(
+    store, client: Client, stack: Stack, redis
+) -> None:
     from tokenspool.jobs import JobPayload, JobRequest, new_job_id
     from tokenspool.queue import RUN_JOB
 
@@ -206,8 +216,12 @@ async def test_queued_job_is_cancelled_without_running(store, client: Client, st
     await store.create(job_id, request)  # queued, not yet visible to any worker
 
     assert await client.cancel(job_id) == "cancelled"
-    await redis.enqueue_job(RUN_JOB, JobPayload(job_id=job_id, request=request).model_dump(
-        mode="json"), _job_id=job_id, _queue_name=store.settings.queue_name)
+    await redis.enqueue_job(
+        RUN_JOB,
+        JobPayload(job_id=job_id, request=request).model_dump(mode="json"),
+        _job_id=job_id,
+        _queue_name=store.settings.queue_name,
+    )
     # wait for a worker to dequeue (and skip) it
     await wait_until(lambda: _arq_done(redis, job_id), timeout=15)
 

@@ -112,7 +112,9 @@ async def test_client_reconnects_through_dropped_connections_without_gaps_or_rep
 
     ids = [e.event_id for e in seen]
     assert drops >= 3 and client.reconnects >= 3
-    assert len(ids) == len(set(ids)) and ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+    assert len(ids) == len(set(ids)) and ids == sorted(
+        ids, key=lambda i: tuple(map(int, i.split("-")))
+    )
     assert "".join(e.text for e in seen if e.type == "content.delta") == want.text
     assert seen[0].type == "job.queued" and seen[-1].type == "job.completed"
 
@@ -124,7 +126,9 @@ async def test_tail_from_redis_resumes_after_connection_is_cut(
     want = expected("fake-gpt", prompt)
     job = await client.submit("fake-gpt", prompt)
     proxy = await proxy_factory(stack.redis.port)
-    redis: Redis = connect(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{proxy.port}/0"}))
+    redis: Redis = connect(
+        settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{proxy.port}/0"})
+    )
     try:
         seen = []
         drops = 0

@@ -57,8 +57,9 @@ def _cmd_fake_llm(args: argparse.Namespace) -> int:
 def _cmd_redis(args: argparse.Namespace) -> int:
     from .embedded import RedisServer
 
-    server = RedisServer(args.port, appendonly=args.aof,
-                         data_dir=Path(args.dir) if args.dir else None).start()
+    server = RedisServer(
+        args.port, appendonly=args.aof, data_dir=Path(args.dir) if args.dir else None
+    ).start()
     print(f"Redis listening on {server.url} (data in {server.data_dir}); Ctrl-C stops it")
     try:
         assert server.proc is not None
@@ -136,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fake-llm", help="run the scripted OpenAI-compatible fake provider")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=int(os.environ.get("TOKENSPOOL_FAKE_LLM_PORT",
-                                                                    "8765")))
+    p.add_argument(
+        "--port", type=int, default=int(os.environ.get("TOKENSPOOL_FAKE_LLM_PORT", "8765"))
+    )
     p.set_defaults(func=_cmd_fake_llm)
 
     p = sub.add_parser("redis", help="run the bundled Valkey server")

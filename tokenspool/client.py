@@ -141,8 +141,9 @@ class Client:
                 if failures > self.max_reconnects:
                     raise
                 delay = RECONNECT_DELAYS[min(failures - 1, len(RECONNECT_DELAYS) - 1)]
-                log.info("job %s: events connection lost (%s); resuming after %s", job_id,
-                         exc, last)
+                log.info(
+                    "job %s: events connection lost (%s); resuming after %s", job_id, exc, last
+                )
                 await asyncio.sleep(delay)
 
     async def wait(self, job_id: str) -> JobView:

@@ -29,21 +29,28 @@ async def _run(api_url: str, console: Console) -> int:
         )
         console.print(
             f"A consumer resuming after event {seen[9].event_id} received {len(resumed)} events: "
-            + ("[green]exactly the rest, nothing repeated or missed[/green]" if same
-               else "[red]MISMATCH[/red]")
+            + (
+                "[green]exactly the rest, nothing repeated or missed[/green]"
+                if same
+                else "[red]MISMATCH[/red]"
+            )
         )
         return 0 if renderer.status == "completed" and same else 1
 
 
 def run_demo(workers: int = 2) -> int:
     console = Console()
-    console.print("[dim]starting Redis (bundled Valkey), the fake provider, the API and "
-                  f"{workers} workers on loopback…[/dim]")
+    console.print(
+        "[dim]starting Redis (bundled Valkey), the fake provider, the API and "
+        f"{workers} workers on loopback…[/dim]"
+    )
     stack = start_stack(workers=workers)
     try:
         stack.wait_ready()
-        console.print(f"[dim]API on {stack.api_url} (OpenAPI at {stack.api_url}/docs); "
-                      f"logs in {stack.workdir}[/dim]\n")
+        console.print(
+            f"[dim]API on {stack.api_url} (OpenAPI at {stack.api_url}/docs); "
+            f"logs in {stack.workdir}[/dim]\n"
+        )
         return asyncio.run(_run(stack.api_url, console))
     finally:
         stack.stop()

@@ -62,8 +62,13 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: floa
 class Child:
     """A child process that is stopped (and reaped) on ``stop()``."""
 
-    def __init__(self, name: str, args: Sequence[str], env: dict[str, str] | None = None,
-                 log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
         self.name = name
         self.args = list(args)
         self.env = env
@@ -102,20 +107,29 @@ class Child:
 class RedisServer(Child):
     """A real Valkey/Redis server on loopback with its data in a private directory."""
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = False,
-                 data_dir: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, *, appendonly: bool = False, data_dir: Path | None = None
+    ) -> None:
         self.port = port or free_port()
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tokenspool-redis-"))
         args = [
             redis_server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir),
-            "--save", "",
-            "--appendonly", "yes" if appendonly else "no",
-            "--appendfsync", "always" if appendonly else "everysec",
-            "--protected-mode", "no",
-            "--loglevel", "warning",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--appendfsync",
+            "always" if appendonly else "everysec",
+            "--protected-mode",
+            "no",
+            "--loglevel",
+            "warning",
         ]
         super().__init__("redis", args, log_path=self.data_dir / "server.log")
 
@@ -129,8 +143,14 @@ class RedisServer(Child):
         return self
 
 
-def python_child(name: str, module_args: Sequence[str], port: int | None, env: dict[str, str],
-                 log_path: Path | None = None, timeout: float = 30.0) -> Child:
+def python_child(
+    name: str,
+    module_args: Sequence[str],
+    port: int | None,
+    env: dict[str, str],
+    log_path: Path | None = None,
+    timeout: float = 30.0,
+) -> Child:
     """Start ``python -m tokenspool.cli ...`` and wait for its port, if it has one."""
     child = Child(name, [sys.executable, "-m", "tokenspool.cli", *module_args], env, log_path)
     child.start()

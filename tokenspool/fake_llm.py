@@ -119,7 +119,8 @@ def plan(body: dict[str, Any]) -> Plan:
     messages = body.get("messages") or []
     directives = parse_directives(_last_user_text(messages))
     n = max(0, min(directives.get("chunks", 24), MAX_CHUNKS))
-    n_reasoning = max(0, min(directives.get("reasoning", 6 if "reason" in model else 0), MAX_CHUNKS))
+    default_reasoning = 6 if "reason" in model else 0
+    n_reasoning = max(0, min(directives.get("reasoning", default_reasoning), MAX_CHUNKS))
     tool_call = None
     tools = body.get("tools") or []
     if tools:
@@ -128,9 +129,7 @@ def plan(body: dict[str, Any]) -> Plan:
         pieces = tuple(arguments[i : i + 7] for i in range(0, len(arguments), 7))
         tool_call = ToolCallPlan(id="call_fake_0", name=name, arguments=arguments, pieces=pieces)
         n = max(0, min(directives.get("chunks", 0), MAX_CHUNKS))
-    content = tuple(
-        WORDS[i % len(WORDS)] + (" " if i < n - 1 else "") for i in range(n)
-    )
+    content = tuple(WORDS[i % len(WORDS)] + (" " if i < n - 1 else "") for i in range(n))
     reasoning = tuple(
         REASONING[i % len(REASONING)] + (" " if i < n_reasoning - 1 else "")
         for i in range(n_reasoning)

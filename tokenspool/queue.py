@@ -8,7 +8,6 @@ import json
 from arq.connections import ArqRedis
 
 from .errors import IdempotencyConflictError
-
 from .jobs import JobPayload, JobRequest, new_job_id
 from .model_list import ModelList
 from .store import JobStore

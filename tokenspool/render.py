@@ -44,13 +44,17 @@ class Renderer:
         if self.final is None and not out.content and not out.reasoning:
             parts.append(Spinner("dots", text=Text(self.status, style="cyan")))
         if out.reasoning:
-            parts.append(Panel(Text(out.reasoning, style="dim italic"), title="reasoning",
-                               border_style="dim"))
+            parts.append(
+                Panel(
+                    Text(out.reasoning, style="dim italic"), title="reasoning", border_style="dim"
+                )
+            )
         if out.content:
             parts.append(Text(out.content))
         for call in out.tool_calls:
-            parts.append(Panel(Text(call.arguments), title=f"tool call: {call.name}",
-                               border_style="magenta"))
+            parts.append(
+                Panel(Text(call.arguments), title=f"tool call: {call.name}", border_style="magenta")
+            )
         for note in self.notes:
             parts.append(Text(note, style="yellow"))
         if self.final is not None:
@@ -74,14 +78,16 @@ class Renderer:
                 style="dim",
             )
         if self.first_token is not None:
-            line.append(f"  first token {1000 * (self.first_token - self.started):.0f} ms",
-                        style="dim")
+            line.append(
+                f"  first token {1000 * (self.first_token - self.started):.0f} ms", style="dim"
+            )
         line.append(f"  total {elapsed:.2f} s", style="dim")
         return line
 
 
-async def follow(events: AsyncIterator[Event], console: Console | None = None,
-                 as_json: bool = False) -> Renderer:
+async def follow(
+    events: AsyncIterator[Event], console: Console | None = None, as_json: bool = False
+) -> Renderer:
     """Render ``events`` live (or print them as JSON lines) until the terminal event."""
     console = console or Console()
     renderer = Renderer()

@@ -101,8 +101,13 @@ async def run_job(ctx: RunContext, payload: JobPayload, reason: str = "worker lo
         try:
             outcome = await _run_attempt(ctx, payload, attempt, lost)
             if isinstance(outcome, _Retry):
-                log.info("job %s attempt %d will be retried in %.2fs: %s", job_id, attempt,
-                         outcome.delay, outcome.reason)
+                log.info(
+                    "job %s attempt %d will be retried in %.2fs: %s",
+                    job_id,
+                    attempt,
+                    outcome.delay,
+                    outcome.reason,
+                )
                 lost_wait = asyncio.create_task(lost.wait())
                 try:
                     await asyncio.wait({lost_wait}, timeout=outcome.delay)
@@ -182,8 +187,9 @@ async def _run_attempt(
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if losing in done:
-                log.warning("job %s attempt %d: another worker took over; stopping", job_id,
-                            attempt)
+                log.warning(
+                    "job %s attempt %d: another worker took over; stopping", job_id, attempt
+                )
                 return "lost"
             if producing in done and producing.exception() is None:
                 status = JobStatus.completed

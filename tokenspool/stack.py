@@ -19,8 +19,10 @@ def write_models_file(path: Path, fake_port: int) -> Path:
     """A models file whose models are served by the fake provider on ``fake_port``."""
     base = f"http://127.0.0.1:{fake_port}/v1"
     models = [
-        {"model_name": name, "litellm_params": {"model": f"openai/{name}", "api_base": base,
-                                                "api_key": "fake-key"}}
+        {
+            "model_name": name,
+            "litellm_params": {"model": f"openai/{name}", "api_base": base, "api_key": "fake-key"},
+        }
         for name in ("fake-gpt", "fake-reasoner")
     ]
     path.write_text(yaml.safe_dump({"model_list": models}))
@@ -53,7 +55,10 @@ class Stack:
         self.started_workers += 1
         n = self.started_workers
         child = python_child(
-            f"worker-{n}", ["worker"], None, {**self.env, **(extra_env or {})},
+            f"worker-{n}",
+            ["worker"],
+            None,
+            {**self.env, **(extra_env or {})},
             self.workdir / f"worker-{n}.log",
         )
         self.workers.append(child)
@@ -84,7 +89,10 @@ class Stack:
 
 
 def start_stack(
-    workers: int = 2, *, appendonly: bool = False, extra_env: dict[str, str] | None = None,
+    workers: int = 2,
+    *,
+    appendonly: bool = False,
+    extra_env: dict[str, str] | None = None,
     workdir: Path | None = None,
 ) -> Stack:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="tokenspool-stack-"))
@@ -102,10 +110,16 @@ def start_stack(
     }
     stack = Stack(workdir=workdir, redis=redis, env=env, api_port=api_port, fake_port=fake_port)
     try:
-        stack.fake = python_child("fake-llm", ["fake-llm", "--port", str(fake_port)], fake_port,
-                                  env, workdir / "fake-llm.log")
-        stack.api = python_child("api", ["api", "--port", str(api_port)], api_port, env,
-                                 workdir / "api.log")
+        stack.fake = python_child(
+            "fake-llm",
+            ["fake-llm", "--port", str(fake_port)],
+            fake_port,
+            env,
+            workdir / "fake-llm.log",
+        )
+        stack.api = python_child(
+            "api", ["api", "--port", str(api_port)], api_port, env, workdir / "api.log"
+        )
         for _ in range(workers):
             stack.start_worker()
     except BaseException:

@@ -101,9 +101,7 @@ class JobStore:
         status = _s(res[0])
         attempt = int(res[1]) if len(res) > 1 else 0
         if status == "started":
-            await self.redis.zadd(
-                self.keys.running, {job_id: time.time() * 1000 + self.lease_ms}
-            )
+            await self.redis.zadd(self.keys.running, {job_id: time.time() * 1000 + self.lease_ms})
         return StartResult(status=status, attempt=attempt)
 
     async def renew(self, leases: dict[str, int]) -> dict[str, bool]:
@@ -113,8 +111,9 @@ class JobStore:
         deadline = time.time() * 1000 + self.lease_ms
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id, attempt in leases.items():
-                await self._lease(keys=[self.keys.job(job_id)], args=[attempt, self.lease_ms],
-                                  client=pipe)
+                await self._lease(
+                    keys=[self.keys.job(job_id)], args=[attempt, self.lease_ms], client=pipe
+                )
             pipe.zadd(self.keys.running, dict.fromkeys(leases, deadline))
             results = await pipe.execute()
         return {job_id: bool(r) for job_id, r in zip(leases, results, strict=False)}
