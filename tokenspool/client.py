@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from .errors import ClientError, JobNotFoundError
+from .errors import ClientError, JobNotFoundError, StreamGoneError
 from .events import Event, from_json, is_terminal
 from .jobs import JobAccepted, JobView
 
@@ -65,6 +65,8 @@ class Client:
             detail = response.text
         if response.status_code == 404 and job_id is not None:
             raise JobNotFoundError(job_id)
+        if response.status_code == 410:
+            raise StreamGoneError(str(detail))
         raise ClientError(response.status_code, detail)
 
     async def submit(

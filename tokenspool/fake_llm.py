@@ -13,6 +13,8 @@ to expect. Directives in the last user message steer it, e.g. ``[fake chunks=50 
 - ``status=S``       answer HTTP S (429, 500...) instead of streaming
 - ``drop_after=K``   send K chunks, then cut the connection mid-stream
 - ``stall_after=K``  send K chunks, then go silent until the client hangs up
+- ``pad=B``          add B bytes of padding to every chunk (an extra field clients ignore),
+                     to fill network buffers quickly in backpressure tests
 - ``fail_times=K``   the faults above hit only the first K requests with the same prompt;
                      later ones stream normally
 
@@ -243,6 +245,7 @@ def create_app() -> Starlette:
                 status_code=p.status,
                 headers=headers,
             )
+        pad = "x" * max(0, min(p.directives.get("pad", 0), 1_000_000))
         drop_after = p.drop_after if faulty else None
         stall_after = p.stall_after if faulty else None
         all_chunks = chunks(p, completion_id)
@@ -262,6 +265,8 @@ def create_app() -> Starlette:
                     if i and p.delay_s:
                         await asyncio.sleep(p.delay_s)
                     item["x_sent_at"] = time.time()
+                    if pad:
+                        item["x_pad"] = pad
                     yield f"data: {json.dumps(item)}\n\n"
                     record["sent"] = i + 1
                 if p.include_usage:

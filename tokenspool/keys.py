@@ -27,6 +27,8 @@ F_CANCEL = "cancel_requested"
 F_IDEMPOTENCY = "idempotency_key"
 
 # fields of a stream entry: the event type, the attempt, and the rest of the event as JSON
+E_ORDINAL = "n"  # position in the stream, from 1: a reader detects trimmed gaps with it
+F_ORDINAL = "n"  # on the job hash: the ordinal of the last entry
 E_TYPE = "t"
 E_ATTEMPT = "a"
 E_DATA = "d"

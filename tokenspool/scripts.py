@@ -1,6 +1,8 @@
 """The Lua scripts that make every job transition atomic in Redis.
 
 All of them take KEYS[1] = the job hash and KEYS[2] = the event stream (same hash slot).
+Every entry carries ``n``, its ordinal in the stream (from 1, counted on the job hash), so a
+reader can tell a trimmed gap from a quiet stream.
 Events are passed as (type, data-json) pairs; the attempt field is added here so that a
 write can never carry an attempt other than the one it was fenced on.
 """
@@ -29,18 +31,21 @@ if status == 'running' and ARGV[7] ~= tostring(prev) then
 end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'lease_until', '0')
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 't', 'job.cancelled', 'a', tostring(prev),
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
+    'n', redis.call('HINCRBY', KEYS[1], 'n', 1), 't', 'job.cancelled', 'a', tostring(prev),
     'd', '{"reason":"cancelled before it started","usage":null}')
   return {'cancelled', prev}
 end
 if status == 'running' then
   -- supersede the previous attempt: its worker is gone (lease expired) or it is retrying
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 't', 'job.retrying', 'a', tostring(prev),
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
+    'n', redis.call('HINCRBY', KEYS[1], 'n', 1), 't', 'job.retrying', 'a', tostring(prev),
     'd', cjson.encode({next_attempt = attempt, reason = ARGV[5]}))
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', attempt, 'worker', ARGV[1],
   'started_at', ARGV[2], 'wseq', '0', 'lease_until', now_ms + tonumber(ARGV[6]))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 't', 'job.started',
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
+  'n', redis.call('HINCRBY', KEYS[1], 'n', 1), 't', 'job.started',
   'a', tostring(attempt), 'd', cjson.encode({worker = ARGV[1]}))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -84,6 +89,7 @@ local n = tonumber(ARGV[3])
 local last = ''
 for i = 0, n - 1 do
   last = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+    'n', redis.call('HINCRBY', KEYS[1], 'n', 1),
     't', ARGV[8 + 2 * i], 'a', ARGV[1], 'd', ARGV[9 + 2 * i])
 end
 if ARGV[4] ~= '' then
@@ -110,7 +116,8 @@ if status == 'queued' then
   local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1],
     'cancel_requested', '1')
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 't', 'job.cancelled', 'a', attempt,
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
+    'n', redis.call('HINCRBY', KEYS[1], 'n', 1), 't', 'job.cancelled', 'a', attempt,
     'd', cjson.encode({reason = ARGV[4]}))
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])

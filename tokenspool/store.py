@@ -66,9 +66,14 @@ class JobStore:
                     k.F_REQUEST: request.model_dump_json(exclude_none=True),
                     k.F_ATTEMPT: 0,
                     k.F_CREATED: repr(now),
+                    k.F_ORDINAL: 1,
                 },
             )
-            pipe.xadd(events_key, queued.to_fields(), maxlen=self.settings.stream_maxlen)
+            pipe.xadd(
+                events_key,
+                {k.E_ORDINAL: 1, **queued.to_fields()},
+                maxlen=self.settings.stream_maxlen,
+            )
             pipe.expire(job_key, self.active_ttl)
             pipe.expire(events_key, self.active_ttl)
             pipe.zadd(self.keys.jobs_index, {job_id: now})

@@ -39,6 +39,13 @@ def parse_event_id(value: str | None) -> str:
     return "0" if value in ("0", "0-0") else value
 
 
+def _ordinal(fields: dict[object, object]) -> int | None:
+    raw = fields.get(b"n", fields.get("n"))
+    if raw is None:
+        return None
+    return int(raw.decode() if isinstance(raw, bytes) else str(raw))
+
+
 def _id_tuple(value: str) -> tuple[int, int]:
     ms, _, seq = value.partition("-")
     return int(ms), int(seq or 0)
@@ -87,6 +94,10 @@ async def tail(
     stream, job_key = keys.events(job_id), keys.job(job_id)
     if not await redis.exists(stream, job_key):
         raise JobNotFoundError(job_id)
+    if last != "0":
+        await check_retained(redis, stream, last)
+    # ordinal the next entry must carry; a jump means entries were trimmed before we read them
+    expected_n: int | None = 1 if last == "0" else None
     failures = 0
     outage_started: float | None = None
     idle_since = time.monotonic()
@@ -113,6 +124,14 @@ async def tail(
         idle_since = time.monotonic()
         for _name, entries in response:
             for entry_id, fields in entries:
+                n = _ordinal(fields)
+                if n is not None:
+                    if expected_n is not None and n != expected_n:
+                        raise StreamGoneError(
+                            f"job {job_id}: events {expected_n}..{n - 1} were trimmed (stream cap) "
+                            f"before this reader got them; it read up to {last}"
+                        )
+                    expected_n = n + 1
                 event = from_entry(job_id, entry_id, fields)
                 last = event.event_id or last
                 yield event

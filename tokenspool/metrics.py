@@ -1,0 +1,66 @@
+"""Prometheus metrics of the API, in a registry of their own (one per app, so tests and several
+apps in one process never collide on the global default registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["CONTENT_TYPE", "ApiMetrics"]
+
+# label values: bounded sets, never ids or paths
+TRANSPORTS = ("sse", "sse_openai", "websocket")
+SURFACES = ("jobs", "chat_completions")
+
+
+class ApiMetrics:
+    """Counters, gauges and histograms the API updates; ``render()`` is the /metrics body."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.jobs_submitted = Counter(
+            "tokenspool_jobs_submitted",
+            "Jobs queued (repeated Idempotency-Keys not counted), by model and API surface",
+            ["model", "api"],
+            registry=r,
+        )
+        self.stream_clients = Gauge(
+            "tokenspool_stream_clients",
+            "Event stream clients connected now, by transport",
+            ["transport"],
+            registry=r,
+        )
+        self.stream_resumes = Counter(
+            "tokenspool_stream_resumes",
+            "Event stream connections that started after a non-zero offset, by transport",
+            ["transport"],
+            registry=r,
+        )
+        self.events_relayed = Counter(
+            "tokenspool_events_relayed",
+            "Job events sent to stream clients, by transport",
+            ["transport"],
+            registry=r,
+        )
+        self.stream_seconds = Histogram(
+            "tokenspool_stream_duration_seconds",
+            "How long event stream connections stayed open, by transport",
+            ["transport"],
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
+            registry=r,
+        )
+        self.http_errors = Counter(
+            "tokenspool_http_errors",
+            "HTTP responses with a 4xx or 5xx status, by status",
+            ["status"],
+            registry=r,
+        )
+        for transport in TRANSPORTS:  # export zeros before the first client, too
+            self.stream_clients.labels(transport)
+            self.stream_resumes.labels(transport)
+            self.events_relayed.labels(transport)
+
+    def render(self) -> bytes:
+        """The metrics in Prometheus' text format."""
+        return generate_latest(self.registry)
