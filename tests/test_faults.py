@@ -163,7 +163,7 @@ async def test_client_errors_from_the_provider_are_not_retried(fclient: Client) 
     assert events[-1].type == "job.failed" and events[-1].error.type == "BadRequestError"
 
 
-async def test_sigterm_drains_short_jobs_and_hands_long_ones_to_another_worker(
+async def test_sigterm_hands_a_long_job_to_another_worker_after_the_grace_period(
     fault_stack: Stack, fclient: Client
 ) -> None:
     long_prompt = "long [fake chunks=200 delay_ms=20]"
@@ -185,6 +185,27 @@ async def test_sigterm_drains_short_jobs_and_hands_long_ones_to_another_worker(
     later = [e for e in events if e.type == "job.started" and e.attempt == 2]
     assert later and later[0].worker != started.worker
     assert_consistent(events, expected("fake-gpt", long_prompt).text)
+
+
+async def test_sigterm_lets_a_short_job_finish_within_the_grace_period(
+    fault_stack: Stack, fclient: Client
+) -> None:
+    prompt = "short [fake chunks=10 delay_ms=30]"  # 0.3 s, inside the 1 s grace
+    job = await fclient.submit("fake-gpt", prompt)
+    follower = Follower(fclient, job.id)
+    started = await follower.until(lambda e: e.type == "job.started")
+    leaving = worker_child(fault_stack, started.worker)
+
+    leaving.signal(signal.SIGTERM)
+    fault_stack.workers.remove(leaving)
+    fault_stack.start_worker()
+    events = await follower.done(within=30)
+    exit_code = leaving.proc.wait(15) if leaving.proc else None
+
+    assert exit_code is not None
+    assert [e.type for e in events].count("job.started") == 1  # finished where it started
+    assert "job.retrying" not in [e.type for e in events]
+    assert_consistent(events, expected("fake-gpt", prompt).text)
 
 
 async def test_idempotency_key_returns_the_same_job_and_refuses_a_different_body(
