@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -31,16 +32,17 @@ STACK_ENV = {
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
+def stack_dir(name: str) -> Path:
+    """A fresh directory for one stack's logs and data; unique per test run, so runs in
+    parallel (several people, or CI beside a developer) never share one."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=ARTIFACTS))
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """One stack for the session: 2 workers, API, fake provider, Redis."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    workdir = ARTIFACTS / "stack"
-    if workdir.exists():
-        import shutil
-
-        shutil.rmtree(workdir)
-    s = start_stack(workers=2, extra_env=STACK_ENV, workdir=workdir)
+    s = start_stack(workers=2, extra_env=STACK_ENV, workdir=stack_dir("stack"))
     try:
         yield s
     finally:
@@ -115,12 +117,7 @@ FAULT_ENV = {
 @pytest.fixture(scope="session")
 def fault_stack() -> Iterator[Stack]:
     """A second stack for tests that kill, pause and stop its processes."""
-    workdir = ARTIFACTS / "fault-stack"
-    if workdir.exists():
-        import shutil
-
-        shutil.rmtree(workdir)
-    s = start_stack(workers=2, extra_env=FAULT_ENV, workdir=workdir)
+    s = start_stack(workers=2, extra_env=FAULT_ENV, workdir=stack_dir("fault-stack"))
     try:
         yield s
     finally:

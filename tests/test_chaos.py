@@ -12,18 +12,14 @@ from tokenspool.client import Client
 from tokenspool.embedded import RedisServer
 from tokenspool.stack import start_stack
 
-from .conftest import ARTIFACTS
+from .conftest import ARTIFACTS, stack_dir
 from .helpers import Follower, expected, wait_until, worker_child
 
 pytestmark = pytest.mark.chaos
 
 
 async def test_redis_restart_with_aof_loses_no_acknowledged_event_and_jobs_finish() -> None:
-    workdir = ARTIFACTS / "chaos-aof"
-    if workdir.exists():
-        import shutil
-
-        shutil.rmtree(workdir)
+    workdir = stack_dir("chaos-aof")
     stack = start_stack(
         workers=2, appendonly=True, workdir=workdir, extra_env={"TOKENSPOOL_READ_BLOCK_MS": "1000"}
     )

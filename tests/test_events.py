@@ -31,6 +31,7 @@ def make_event(cls: type[ev._Event], *, attempt: int = 2, job_id: str = JOB_ID) 
         ev.JobRetrying: {"next_attempt": attempt + 1, "reason": "worker lost"},
         ev.ContentDelta: {"text": 'héllo, "world"\n'},
         ev.ReasoningDelta: {"text": "thinking… 🤔"},
+        ev.ObjectDelta: {"value": {"city": "Pa", "days": [1, 2], "ok": None}},
         ev.ToolCallDelta: {
             "index": 1,
             "id": "call_1",
@@ -60,7 +61,7 @@ EVENT_CLASSES = _event_classes()
 
 
 def test_factory_covers_every_event_type_of_the_union() -> None:
-    assert len(EVENT_CLASSES) == 11
+    assert len(EVENT_CLASSES) == 12
     for cls in EVENT_CLASSES:
         assert make_event(cls).type == cls.model_fields["type"].default
 

@@ -13,17 +13,13 @@ from tokenspool.client import Client
 from tokenspool.errors import StreamGoneError
 from tokenspool.stack import Stack, start_stack
 
-from .conftest import ARTIFACTS
+from .conftest import stack_dir
 from .helpers import wait_until
 
 
 @pytest.fixture(scope="module")
 def capped_stack() -> Iterator[Stack]:
-    workdir = ARTIFACTS / "capped-stack"
-    if workdir.exists():
-        import shutil
-
-        shutil.rmtree(workdir)
+    workdir = stack_dir("capped-stack")
     s = start_stack(workers=1, extra_env={"TOKENSPOOL_STREAM_MAXLEN": "100"}, workdir=workdir)
     try:
         yield s

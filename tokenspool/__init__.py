@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .accumulator import Accumulator
-from .client import Client
+from .client import AsyncClient, Client, JobFailedError, OutputRestartedError
 from .errors import (
     ClientError,
     FencedError,
@@ -23,11 +23,13 @@ from .tailer import tail
 
 __all__ = [
     "Accumulator",
+    "AsyncClient",
     "Client",
     "ClientError",
     "Event",
     "FencedError",
     "InvalidEventIdError",
+    "JobFailedError",
     "JobNotFoundError",
     "JobRequest",
     "JobStateError",
@@ -35,6 +37,7 @@ __all__ = [
     "JobView",
     "Keys",
     "Output",
+    "OutputRestartedError",
     "ProviderError",
     "Settings",
     "StreamGoneError",

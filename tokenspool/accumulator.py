@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .events import (
     ContentDelta,
     Event,
@@ -9,6 +11,7 @@ from .events import (
     JobCompleted,
     JobRetrying,
     JobStarted,
+    ObjectDelta,
     ReasoningDelta,
     ToolCallDelta,
     ToolCallDone,
@@ -29,6 +32,7 @@ class Accumulator:
         self._args: dict[int, list[str]] = {}
         self.finish_reason: str | None = None
         self.usage: UsageInfo | None = None
+        self.parsed: Any = None
 
     def _reset(self) -> None:
         self._content.clear()
@@ -37,6 +41,7 @@ class Accumulator:
         self._args.clear()
         self.finish_reason = None
         self.usage = None
+        self.parsed = None
 
     def add(self, event: Event) -> None:
         if isinstance(event, JobRetrying | JobStarted):
@@ -62,6 +67,8 @@ class Accumulator:
                 index=event.index, id=event.id, name=event.name, arguments=event.arguments
             )
             self._args[event.index] = [event.arguments]
+        elif isinstance(event, ObjectDelta):
+            self.parsed = event.value
         elif isinstance(event, Usage):
             self.usage = UsageInfo(
                 prompt_tokens=event.prompt_tokens,
@@ -89,4 +96,5 @@ class Accumulator:
             reasoning="".join(self._reasoning),
             tool_calls=calls,
             finish_reason=self.finish_reason,
+            parsed=self.parsed,
         )

@@ -5,14 +5,39 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from httpx_sse import SSEError, aconnect_sse
+from pydantic import BaseModel
 
-from .errors import ClientError, JobNotFoundError, StreamGoneError
-from .events import Event, from_json, is_terminal
+from .accumulator import Accumulator
+from .errors import ClientError, JobNotFoundError, StreamGoneError, TokenspoolError
+from .events import ContentDelta, Event, JobFailed, JobRetrying, ObjectDelta, from_json, is_terminal
 from .jobs import JobAccepted, JobView
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class JobFailedError(TokenspoolError):
+    """The job ended with ``job.failed``."""
+
+    def __init__(self, job_id: str, type_: str, message: str) -> None:
+        self.job_id = job_id
+        self.type = type_
+        super().__init__(f"job {job_id} failed: {type_}: {message}")
+
+
+class OutputRestartedError(TokenspoolError):
+    """The job was retried after text was already yielded; that text was superseded."""
+
+    def __init__(self, job_id: str, next_attempt: int) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"job {job_id} restarted as attempt {next_attempt} after output began; "
+            "read the job again from the start (or use events()) for the final answer"
+        )
+
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +50,7 @@ class _Transient(ClientError):
 
 
 class Client:
-    """Talks to a tokenspool API over HTTP (httpx, async)."""
+    """Talks to a tokenspool API over HTTP (httpx, async). ``AsyncClient`` is the same class."""
 
     def __init__(
         self,
@@ -153,3 +178,77 @@ class Client:
         async for _ in self.events(job_id):
             pass
         return await self.get(job_id)
+
+    async def stream_text(
+        self, model: str, messages: list[dict[str, Any]] | str, **params: Any
+    ) -> AsyncIterator[str]:
+        """Submit, then yield the answer's text as it arrives.
+
+        If the job is retried after text was yielded, :class:`OutputRestartedError` is raised
+        (the text so far belonged to a superseded attempt); a failed job raises
+        :class:`JobFailedError`.
+        """
+        accepted = await self.submit(model, messages, **params)
+        yielded = False
+        async for event in self.events(accepted.id):
+            if isinstance(event, ContentDelta):
+                yielded = True
+                yield event.text
+            elif isinstance(event, JobRetrying) and yielded:
+                raise OutputRestartedError(accepted.id, event.next_attempt)
+            elif isinstance(event, JobFailed):
+                raise JobFailedError(accepted.id, event.error.type, event.error.message)
+
+    async def accumulate(self, job_id: str, after: str = "0") -> Accumulator:
+        """Follow a job to its end and fold its events (the winning attempt's output)."""
+        acc = Accumulator()
+        async for event in self.events(job_id, after=after):
+            acc.add(event)
+        return acc
+
+    async def structured(
+        self,
+        model: str,
+        messages: list[dict[str, Any]] | str,
+        response_model: type[M],
+        **params: Any,
+    ) -> M:
+        """Ask for JSON matching ``response_model`` and return a validated instance."""
+        result: M | None = None
+        async for item in self.structured_stream(model, messages, response_model, **params):
+            result = item
+        if result is None:
+            raise TokenspoolError("the job ended without a structured answer")
+        return result
+
+    async def structured_stream(
+        self,
+        model: str,
+        messages: list[dict[str, Any]] | str,
+        response_model: type[M],
+        **params: Any,
+    ) -> AsyncIterator[M]:
+        """Yield partial instances as the JSON grows, then the validated final instance.
+
+        Partial instances are built with ``model_construct`` (unvalidated, fields missing until
+        they arrive); the last item is validated against ``response_model``.
+        """
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {
+                "name": response_model.__name__,
+                "schema": response_model.model_json_schema(),
+                "strict": True,
+            },
+        }
+        accepted = await self.submit(model, messages, response_format=response_format, **params)
+        async for event in self.events(accepted.id):
+            if isinstance(event, ObjectDelta) and isinstance(event.value, dict):
+                yield response_model.model_construct(**event.value)
+            elif isinstance(event, JobFailed):
+                raise JobFailedError(accepted.id, event.error.type, event.error.message)
+        view = await self.get(accepted.id)
+        yield response_model.model_validate(view.output.parsed)
+
+
+AsyncClient = Client

@@ -44,6 +44,7 @@ class UsageInfo(BaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
     estimated: bool = Field(False, description="true when counted locally, not by the provider")
+    cost_usd: float | None = Field(None, description="from litellm's pricing; null if unknown")
 
 
 class ErrorInfo(BaseModel):
@@ -97,6 +98,13 @@ class ToolCallDone(_Event):
     arguments: str
 
 
+class ObjectDelta(_Event):
+    """The partial parsed value of a structured (json_schema) answer so far."""
+
+    type: Literal["object.delta"] = "object.delta"
+    value: Any
+
+
 class Usage(_Event):
     type: Literal["usage"] = "usage"
     prompt_tokens: int = 0
@@ -132,6 +140,7 @@ Event = Annotated[
     | ReasoningDelta
     | ToolCallDelta
     | ToolCallDone
+    | ObjectDelta
     | Usage
     | JobCompleted
     | JobFailed

@@ -19,6 +19,8 @@ to expect. Directives in the last user message steer it, e.g. ``[fake chunks=50 
                      later ones stream normally
 
 A request with ``tools`` answers with one call of the first tool, its arguments split mid-JSON.
+A request with a ``json_schema`` response format answers with JSON built from the schema, in
+pieces of a few characters (``badjson=1`` makes every integer a string, so validation fails).
 """
 
 from __future__ import annotations
@@ -115,6 +117,31 @@ def parse_directives(text: str) -> dict[str, int]:
     return out
 
 
+def example_value(schema: dict[str, Any], bad: bool = False, depth: int = 0) -> Any:
+    """A deterministic value matching (or, with ``bad``, violating) a simple JSON schema."""
+    if depth > 8:
+        return None
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = kind[0]
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: example_value(v, bad, depth + 1) for k, v in props.items()}
+    if kind == "array":
+        return [example_value(schema.get("items", {}), bad, depth + 1) for _ in range(2)]
+    if kind == "integer":
+        return "forty-two" if bad else 42
+    if kind == "number":
+        return 1.5
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return "streamed text value"
+
+
 def plan(body: dict[str, Any]) -> Plan:
     """What the fake provider sends in answer to ``body`` (a chat-completions request)."""
     model = str(body.get("model", "fake"))
@@ -132,6 +159,11 @@ def plan(body: dict[str, Any]) -> Plan:
         tool_call = ToolCallPlan(id="call_fake_0", name=name, arguments=arguments, pieces=pieces)
         n = max(0, min(directives.get("chunks", 0), MAX_CHUNKS))
     content = tuple(WORDS[i % len(WORDS)] + (" " if i < n - 1 else "") for i in range(n))
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema" and not tools:
+        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+        answer = json.dumps(example_value(schema, bool(directives.get("badjson"))))
+        content = tuple(answer[i : i + 6] for i in range(0, len(answer), 6))
     reasoning = tuple(
         REASONING[i % len(REASONING)] + (" " if i < n_reasoning - 1 else "")
         for i in range(n_reasoning)

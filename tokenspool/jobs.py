@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import secrets
 import time
 from typing import Any, Literal
@@ -71,6 +72,10 @@ class ToolCall(BaseModel):
     name: str | None = None
     arguments: str = ""
 
+    def parsed_arguments(self) -> Any:
+        """The arguments as JSON (raises ValueError if the model sent invalid JSON)."""
+        return json.loads(self.arguments) if self.arguments else {}
+
 
 class Output(BaseModel):
     """The accumulated result of a job (of its current attempt)."""
@@ -79,6 +84,7 @@ class Output(BaseModel):
     reasoning: str = ""
     tool_calls: list[ToolCall] = Field(default_factory=list)
     finish_reason: str | None = None
+    parsed: Any = Field(None, description="the validated JSON answer of a json_schema job")
 
 
 class JobView(BaseModel):

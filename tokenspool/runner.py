@@ -19,14 +19,24 @@ from .accumulator import Accumulator
 from .cancellation import CancelWatcher
 from .chunks import ChunkMapper
 from .errors import FencedError, ProviderError, TokenspoolError
-from .events import ErrorInfo, JobCancelled, JobCompleted, JobFailed, UsageInfo, _Event
+from .events import (
+    ContentDelta,
+    ErrorInfo,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    ObjectDelta,
+    UsageInfo,
+    _Event,
+)
 from .jobs import JobPayload, JobStatus
 from .leases import LeaseKeeper
 from .model_list import ModelList
-from .provider import ProviderStream
+from .provider import ProviderStream, cost_usd
 from .publisher import Publisher, PublishError
 from .settings import Settings
 from .store import JobStore
+from .structured import OutputValidationError, StructuredTracker, json_schema_of
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +71,17 @@ def _estimate_usage(mapper: ChunkMapper) -> UsageInfo:
     # about four characters a token for English text; flagged as an estimate
     completion = (mapper.output_chars + 3) // 4
     return UsageInfo(completion_tokens=completion, total_tokens=completion, estimated=True)
+
+
+def _priced(ctx: RunContext, model: str, usage: UsageInfo | None) -> UsageInfo | None:
+    if usage is None:
+        return None
+    try:
+        params = ctx.models.params(model)
+    except TokenspoolError:
+        return usage
+    price = cost_usd(params, usage.prompt_tokens, usage.completion_tokens)
+    return usage.model_copy(update={"cost_usd": price})
 
 
 def backoff(settings: Settings, attempt: int, retry_after: float | None) -> float:
@@ -145,6 +166,9 @@ async def _run_attempt(
     acc.attempt = attempt
     cancel_event = ctx.cancels.register(job_id)
     stream: ProviderStream | None = None
+    schema = json_schema_of(request.response_format)
+    tracker = StructuredTracker(schema) if schema is not None else None
+    parsed: object = None
 
     async with Publisher(
         ctx.store,
@@ -158,6 +182,12 @@ async def _run_attempt(
             for event in events:
                 acc.add(event)
                 await pub.publish(event)
+                if tracker is not None and isinstance(event, ContentDelta):
+                    changed, value = tracker.feed(event.text)
+                    if changed:
+                        partial = ObjectDelta(job_id=job_id, attempt=attempt, value=value)
+                        acc.add(partial)
+                        await pub.publish(partial)
 
         async def produce() -> None:
             nonlocal stream
@@ -197,8 +227,15 @@ async def _run_attempt(
                     job_id=job_id,
                     attempt=attempt,
                     finish_reason=mapper.finish_reason or "stop",
-                    usage=mapper.usage,
+                    usage=_priced(ctx, request.model, mapper.usage),
                 )
+                if tracker is not None:
+                    try:
+                        parsed = tracker.finish()
+                    except OutputValidationError as exc:
+                        status = JobStatus.failed
+                        error = ErrorInfo(type="OutputValidationError", message=str(exc))
+                        final = JobFailed(job_id=job_id, attempt=attempt, error=error)
             elif producing in done:
                 exc = producing.exception()
                 if isinstance(exc, FencedError):
@@ -230,7 +267,7 @@ async def _run_attempt(
                     job_id=job_id,
                     attempt=attempt,
                     reason="cancelled by request",
-                    usage=mapper.usage or _estimate_usage(mapper),
+                    usage=_priced(ctx, request.model, mapper.usage or _estimate_usage(mapper)),
                 )
             else:
                 status = JobStatus.failed
@@ -252,7 +289,9 @@ async def _run_attempt(
         if isinstance(final, JobCancelled):
             acc.add(final)
         usage = final.usage if isinstance(final, JobCompleted | JobCancelled) else mapper.usage
-        output = acc.output().model_copy(update={"finish_reason": mapper.finish_reason})
+        output = acc.output().model_copy(
+            update={"finish_reason": mapper.finish_reason, "parsed": parsed}
+        )
         fields = {
             "output": output.model_dump_json(),
             "usage": usage.model_dump_json() if usage else "",

@@ -21,7 +21,14 @@ def write_models_file(path: Path, fake_port: int) -> Path:
     models = [
         {
             "model_name": name,
-            "litellm_params": {"model": f"openai/{name}", "api_base": base, "api_key": "fake-key"},
+            "litellm_params": {
+                "model": f"openai/{name}",
+                "api_base": base,
+                "api_key": "fake-key",
+                # made-up prices, so costs show up end to end
+                "input_cost_per_token": 0.000001,
+                "output_cost_per_token": 0.000002,
+            },
         }
         for name in ("fake-gpt", "fake-reasoner")
     ]
