@@ -77,6 +77,8 @@ class Renderer:
                 f"  tokens {usage.prompt_tokens} in / {usage.completion_tokens} out{est}",
                 style="dim",
             )
+            if usage.cost_usd is not None:
+                line.append(f"  ${usage.cost_usd:.6f}", style="dim")
         if self.first_token is not None:
             line.append(
                 f"  first token {1000 * (self.first_token - self.started):.0f} ms", style="dim"

@@ -31,6 +31,7 @@ from .events import (
 )
 from .jobs import JobPayload, JobStatus
 from .leases import LeaseKeeper
+from .logs import current_job
 from .model_list import ModelList
 from .provider import ProviderStream, cost_usd
 from .publisher import Publisher, PublishError
@@ -107,6 +108,7 @@ async def _wait_cancel(ctx: RunContext, job_id: str, event: asyncio.Event) -> No
 async def run_job(ctx: RunContext, payload: JobPayload, reason: str = "worker lost") -> str:
     """Run ``payload`` to its end (or until another worker owns it); returns the outcome."""
     job_id = payload.job_id
+    current_job.set(job_id)  # run_job runs in its own task: the value stays with this job
     owner_attempt = 0
     while True:
         start = await ctx.store.start(job_id, ctx.worker, reason, owner_attempt)
