@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import socket
+import time
 from dataclasses import dataclass, field
 
 from .accumulator import Accumulator
@@ -38,6 +39,7 @@ from .publisher import Publisher, PublishError
 from .settings import Settings
 from .store import JobStore
 from .structured import OutputValidationError, StructuredTracker, json_schema_of
+from .worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class RunContext:
     cancels: CancelWatcher
     leases: LeaseKeeper
     worker: str
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     taking_over: set[str] = field(default_factory=set)
 
 
@@ -119,10 +122,18 @@ async def run_job(ctx: RunContext, payload: JobPayload, reason: str = "worker lo
             return start.status
         attempt = start.attempt
         log.info("job %s attempt %d started on %s", job_id, attempt, ctx.worker)
+        ctx.metrics.attempts.labels(payload.request.model).inc()
+        if attempt == 1 and start.created_at:
+            ctx.metrics.pickup.observe(max(0.0, time.time() - start.created_at))
         lost = ctx.leases.hold(job_id, attempt)
         finished = False
         try:
-            outcome = await _run_attempt(ctx, payload, attempt, lost)
+            ctx.metrics.active.inc()
+            try:
+                outcome = await _run_attempt(ctx, payload, attempt, lost, start.created_at)
+            finally:
+                ctx.metrics.active.dec()
+            ctx.metrics.finished.labels("retry" if isinstance(outcome, _Retry) else outcome).inc()
             if isinstance(outcome, _Retry):
                 log.info(
                     "job %s attempt %d will be retried in %.2fs: %s",
@@ -158,7 +169,7 @@ async def run_job(ctx: RunContext, payload: JobPayload, reason: str = "worker lo
 
 
 async def _run_attempt(
-    ctx: RunContext, payload: JobPayload, attempt: int, lost: asyncio.Event
+    ctx: RunContext, payload: JobPayload, attempt: int, lost: asyncio.Event, created_at: float
 ) -> str | _Retry:
     job_id = payload.job_id
     request = payload.request
@@ -179,8 +190,14 @@ async def _run_attempt(
         max_pending=settings.max_pending_events,
         outage_seconds=settings.redis_outage_seconds,
     ) as pub:
+        first_output = True
 
         async def emit(events: list[_Event]) -> None:
+            nonlocal first_output
+            if first_output and events:
+                first_output = False
+                if created_at:
+                    ctx.metrics.ttft.observe(max(0.0, time.time() - created_at))
             for event in events:
                 acc.add(event)
                 await pub.publish(event)
@@ -249,6 +266,7 @@ async def _run_attempt(
                     log.error("job %s attempt %d abandoned: %s", job_id, attempt, exc)
                     return "abandoned"
                 if isinstance(exc, ProviderError):
+                    ctx.metrics.provider_errors.labels(exc.type).inc()
                     began = mapper.output_chars > 0
                     may_retry = exc.retryable and attempt < settings.max_attempts
                     if may_retry and (not began or settings.midstream_policy == "retry"):
@@ -284,6 +302,8 @@ async def _run_attempt(
                 task.cancel()
             if stream is not None:
                 await stream.aclose()  # closes the upstream connection
+            ctx.metrics.events_written.inc(pub.written)
+            ctx.metrics.redis_writes.inc(pub.round_trips)
             for task in (producing, watching, losing):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task

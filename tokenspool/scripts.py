@@ -13,7 +13,7 @@ from __future__ import annotations
 # owner_attempt ('' unless the current attempt's own worker restarts it after an error).
 # A running job is taken over only when its lease (``lease_until``, Redis server time in ms)
 # has expired, or by its owner. Returns {"started", attempt} | {"busy", attempt} |
-# {"cancelled", attempt} | {final status} | {"missing"}.
+# {"cancelled", attempt} | {final status} | {"missing"}; "started" also returns created_at.
 START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
@@ -49,7 +49,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
   'a', tostring(attempt), 'd', cjson.encode({worker = ARGV[1]}))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {'started', attempt}
+return {'started', attempt, redis.call('HGET', KEYS[1], 'created_at') or '0'}
 """
 
 # Renew (ARGV: attempt, lease_ms) or release (lease_ms = 0) the lease of a running attempt.

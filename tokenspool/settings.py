@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     api_port: int = 8000
     fake_llm_port: int = 8765
     log_json: bool = False
+    worker_metrics_port: int | None = Field(None, ge=0, le=65535)  # None: no worker /metrics
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -33,6 +33,7 @@ class StartResult:
 
     status: str  # "started", or the status that prevented the start
     attempt: int = 0
+    created_at: float = 0.0
 
 
 class JobStore:
@@ -105,9 +106,10 @@ class JobStore:
         )
         status = _s(res[0])
         attempt = int(res[1]) if len(res) > 1 else 0
+        created = float(_s(res[2])) if len(res) > 2 else 0.0
         if status == "started":
             await self.redis.zadd(self.keys.running, {job_id: time.time() * 1000 + self.lease_ms})
-        return StartResult(status=status, attempt=attempt)
+        return StartResult(status=status, attempt=attempt, created_at=created)
 
     async def renew(self, leases: dict[str, int]) -> dict[str, bool]:
         """Renew the leases of ``{job_id: attempt}`` in one round trip; False = lost."""

@@ -21,6 +21,7 @@ from tokenspool.queue import RUN_JOB
 from tokenspool.runner import RunContext, run_job, worker_name
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore
+from tokenspool.worker_metrics import WorkerMetrics
 
 log = logging.getLogger("tokenspool.worker")
 
@@ -50,6 +51,7 @@ def build_worker(settings: Settings) -> Worker:
             cancels=cancels,
             leases=leases,
             worker=worker_name(),
+            metrics=WorkerMetrics(),
         )
 
         async def take_over(job_id: str) -> None:
@@ -61,6 +63,7 @@ def build_worker(settings: Settings) -> Worker:
                 await store.forget_running(job_id)
                 return
             run_ctx.taking_over.add(job_id)
+            run_ctx.metrics.takeovers.inc()
             payload = JobPayload(job_id=job_id, request=request)
             task = asyncio.create_task(run_job(run_ctx, payload, "lease expired: worker lost"))
             takeovers.add(task)
@@ -71,6 +74,8 @@ def build_worker(settings: Settings) -> Worker:
 
             task.add_done_callback(done)
 
+        if settings.worker_metrics_port is not None:
+            run_ctx.metrics.serve(settings.worker_metrics_port)
         reaper = Reaper(store, lambda: settings.max_jobs - leases.count, take_over)
         reaper.start()
         ctx["tokenspool"] = run_ctx
