@@ -107,7 +107,7 @@ async def proxy_factory() -> AsyncIterator[object]:
 # the fault tests' stack: short grace, idle timeout and backoff so faults resolve quickly
 FAULT_ENV = {
     "TOKENSPOOL_MAX_JOBS": "4",
-    "TOKENSPOOL_SHUTDOWN_GRACE_SECONDS": "1",
+    "TOKENSPOOL_SHUTDOWN_GRACE_SECONDS": "2",
     "TOKENSPOOL_PROVIDER_IDLE_TIMEOUT_SECONDS": "1.5",
     "TOKENSPOOL_RETRY_BASE_SECONDS": "0.1",
     "TOKENSPOOL_READ_BLOCK_MS": "1000",

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import httpx
 
 from tokenspool.accumulator import Accumulator
 from tokenspool.client import Client
+from tokenspool.embedded import Child
 from tokenspool.events import Event
 from tokenspool.stack import Stack
 
@@ -21,6 +23,17 @@ from .conftest import ARTIFACTS
 from .helpers import Follower, expected, fake_requests, wait_until, worker_child
 
 TERMINAL = ("job.completed", "job.failed", "job.cancelled")
+
+
+def _exit_by_itself(child: Child, within: float = 15.0) -> int | None:
+    """The child's exit code if it stops by itself in time; else kill it and return None."""
+    assert child.proc is not None
+    try:
+        return child.proc.wait(within)
+    except subprocess.TimeoutExpired:
+        child.proc.kill()
+        child.proc.wait(5)
+        return None
 
 
 def assert_consistent(events: list[Event], text: str) -> Accumulator:
@@ -176,8 +189,10 @@ async def test_sigterm_hands_a_long_job_to_another_worker_after_the_grace_period
     leaving.signal(signal.SIGTERM)
     fault_stack.workers.remove(leaving)
     fault_stack.start_worker()
-    events = await follower.done(within=40)
-    exit_code = leaving.proc.wait(15) if leaving.proc else None
+    try:
+        events = await follower.done(within=40)
+    finally:
+        exit_code = _exit_by_itself(leaving)
 
     assert exit_code is not None  # the worker did stop
     retrying = [e for e in events if e.type == "job.retrying"]
@@ -190,7 +205,7 @@ async def test_sigterm_hands_a_long_job_to_another_worker_after_the_grace_period
 async def test_sigterm_lets_a_short_job_finish_within_the_grace_period(
     fault_stack: Stack, fclient: Client
 ) -> None:
-    prompt = "short [fake chunks=10 delay_ms=30]"  # 0.3 s, inside the 1 s grace
+    prompt = "short [fake chunks=10 delay_ms=30]"  # 0.3 s, inside the 2 s grace
     job = await fclient.submit("fake-gpt", prompt)
     follower = Follower(fclient, job.id)
     started = await follower.until(lambda e: e.type == "job.started")
@@ -199,8 +214,10 @@ async def test_sigterm_lets_a_short_job_finish_within_the_grace_period(
     leaving.signal(signal.SIGTERM)
     fault_stack.workers.remove(leaving)
     fault_stack.start_worker()
-    events = await follower.done(within=30)
-    exit_code = leaving.proc.wait(15) if leaving.proc else None
+    try:
+        events = await follower.done(within=30)
+    finally:
+        exit_code = _exit_by_itself(leaving)
 
     assert exit_code is not None
     assert [e.type for e in events].count("job.started") == 1  # finished where it started

@@ -44,6 +44,7 @@ from .worker_metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 
 FINAL = frozenset({"completed", "failed", "cancelled", "missing"})
+CLEANUP_SECONDS = 2.0  # how long an ended attempt waits for its tasks to unwind
 
 
 def worker_name() -> str:
@@ -304,9 +305,8 @@ async def _run_attempt(
                 await stream.aclose()  # closes the upstream connection
             ctx.metrics.events_written.inc(pub.written)
             ctx.metrics.redis_writes.inc(pub.round_trips)
-            for task in (producing, watching, losing):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # bounded: a provider library that ignores cancellation must not hold the worker
+            await asyncio.wait({producing, watching, losing}, timeout=CLEANUP_SECONDS)
 
         if isinstance(final, JobCancelled):
             acc.add(final)
