@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from contextlib import aclosing, asynccontextmanager
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -23,12 +23,18 @@ from tokenspool.errors import (
     UnknownModelError,
 )
 from tokenspool.jobs import JobAccepted, JobRequest, JobStatus, JobView
+from tokenspool.metrics import CONTENT_TYPE, ApiMetrics
 from tokenspool.model_list import ModelList
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore, events_url
-from tokenspool.tailer import check_retained, parse_event_id, tail
+from tokenspool.tailer import check_retained, parse_event_id
 
-from .limits import BodySizeLimit
+from .instrumentation import ErrorCounter
+from .limits import BodySizeLimit, request_limit_problem
+from .openai_routes import OpenAIRoutes
+from .streams import ended_by, tail_events, tracked
+from .ui_routes import ui_router
+from .websocket_routes import websocket_router
 
 
 def _error(status: int, detail: Any) -> JSONResponse:
@@ -42,6 +48,8 @@ def _invalid(field: str, message: str) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     models = ModelList.load(settings.models_file)
+    metrics = ApiMetrics()
+    openai = OpenAIRoutes(settings, models, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,7 +67,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Durable, resumable LLM output streams over a job queue.",
         lifespan=lifespan,
     )
+    app.include_router(ui_router)
+    app.state.metrics = metrics
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ErrorCounter, metrics=metrics)  # outermost: it sees the 413s too
+    app.include_router(openai.router)
+    app.include_router(websocket_router(settings, metrics))
 
     @app.exception_handler(JobNotFoundError)
     async def _not_found(request: Request, exc: JobNotFoundError) -> JSONResponse:
@@ -109,14 +122,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ] = None,
     ) -> Any:
         """Queue a chat completion; answers at once with the job id and its events URL."""
-        if len(body.messages) > settings.max_messages:
-            return _invalid("messages", f"at most {settings.max_messages} messages")
-        if body.max_tokens is not None and body.max_tokens > settings.max_tokens_ceiling:
-            return _invalid("max_tokens", f"at most {settings.max_tokens_ceiling}")
+        problem = request_limit_problem(body, settings)
+        if problem is not None:
+            return _invalid(*problem)
         s = store(request)
         job_id, created = await queue.submit(
             s, request.app.state.pool, models, body, idempotency_key
         )
+        if created:
+            metrics.jobs_submitted.labels(body.model, "jobs").inc()
         response.headers["Location"] = f"/v1/jobs/{job_id}"
         status = JobStatus.queued
         if not created:
@@ -162,28 +176,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request: Request,
         after: Annotated[str | None, Query(description="resume after this event id")] = None,
         last_event_id: Annotated[str | None, Header()] = None,
-    ) -> EventSourceResponse:
+        format_: Annotated[
+            Literal["events", "openai"],
+            Query(alias="format", description="openai: as chat.completion.chunk messages"),
+        ] = "events",
+        include_usage: Annotated[
+            bool, Query(description="format=openai: end with the usage chunk")
+        ] = False,
+    ) -> Response:
         """The job's events as SSE; resume with ``Last-Event-ID`` or ``?after=``."""
+        if format_ == "openai":
+            offset_param = "Last-Event-ID" if last_event_id else "after"
+            return await openai.events(
+                request, job_id, last_event_id or after, offset_param, include_usage
+            )
         start = parse_event_id(last_event_id if last_event_id else after)
         s = store(request)
         if not await s.exists(job_id):
             raise JobNotFoundError(job_id)
         await check_retained(s.redis, s.keys.events(job_id), start)
+        ended = await ended_by(s, job_id, start)
+        relayed = metrics.events_relayed.labels("sse")
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
-            async for event in tail(
-                s.redis,
-                job_id,
-                start,
-                keys=s.keys,
-                count=settings.read_count,
-                block_ms=settings.read_block_ms,
-            ):
-                yield ServerSentEvent(
-                    id=event.event_id,
-                    event=event.type,
-                    data=event.model_dump_json(),
-                )
+            if ended:
+                return  # resumed at or after the terminal event: nothing is left
+            with tracked(metrics, "sse", start):
+                events = tail_events(s, settings, job_id, start)
+                async with aclosing(events):
+                    async for event in events:
+                        yield ServerSentEvent(
+                            id=event.event_id,
+                            event=event.type,
+                            data=event.model_dump_json(),
+                        )
+                        relayed.inc()
 
         return EventSourceResponse(
             stream(),
@@ -202,6 +229,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 for name in models.names
             ],
         }
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics of this API process."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -1,10 +1,14 @@
-"""Request body size limit as a pure ASGI middleware (answers 413, streaming-safe)."""
+"""Request limits: the body size (a pure ASGI middleware answering 413, streaming-safe) and the
+configured caps on a job request."""
 
 from __future__ import annotations
 
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tokenspool.jobs import JobRequest
+from tokenspool.settings import Settings
 
 
 class BodyTooLarge(Exception):
@@ -51,9 +55,7 @@ class BodySizeLimit:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {"detail": f"request body larger than {self.max_bytes} bytes"}
-        ).encode()
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -62,3 +64,12 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def request_limit_problem(body: JobRequest, settings: Settings) -> tuple[str, str] | None:
+    """The (field, message) of the first configured limit a job request exceeds, if any."""
+    if len(body.messages) > settings.max_messages:
+        return "messages", f"at most {settings.max_messages} messages"
+    if body.max_tokens is not None and body.max_tokens > settings.max_tokens_ceiling:
+        return "max_tokens", f"at most {settings.max_tokens_ceiling}"
+    return None

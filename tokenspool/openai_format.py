@@ -261,7 +261,9 @@ class ChunkFormatter:
             )
         if isinstance(event, JobCancelled):
             return self._end(
-                event, "tokenspool_cancelled", "job_cancelled",
+                event,
+                "tokenspool_cancelled",
+                "job_cancelled",
                 f"job {self.job_id} was cancelled: {event.reason}",
             )
         return []

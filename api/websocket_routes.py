@@ -1,0 +1,125 @@
+"""``GET /v1/jobs/{id}/ws``: a job's events over a WebSocket, one JSON text message each.
+
+Close codes: 1000 after the terminal event (or at once when ``after`` is at or past it); 4400
+malformed ``after``; 4404 unknown or expired job; 4408 a send timed out (resume with ``after``);
+4410 events after the offset were trimmed (at the start, or before this reader got them); 1011
+Redis failed mid-stream; 1013 Redis unavailable at the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+from typing import Annotated
+
+from fastapi import APIRouter, Query, WebSocket
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from tokenspool.errors import InvalidEventIdError, JobNotFoundError, StreamGoneError
+from tokenspool.metrics import ApiMetrics
+from tokenspool.settings import Settings
+from tokenspool.store import JobStore
+from tokenspool.tailer import check_retained, parse_event_id
+
+from .streams import ended_by, tail_events, tracked
+
+TRANSPORT = "websocket"
+MAX_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes, 2 of them the code
+
+
+def _reason(text: str) -> str:
+    return text.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    connected = WebSocketState.CONNECTED
+    if websocket.application_state == connected and websocket.client_state == connected:
+        try:
+            await websocket.close(code, _reason(reason))
+        except (WebSocketDisconnect, OSError):
+            pass  # the client left meanwhile
+
+
+def websocket_router(settings: Settings, metrics: ApiMetrics) -> APIRouter:
+    router = APIRouter(tags=["jobs"])
+    relayed = metrics.events_relayed.labels(TRANSPORT)
+
+    async def relay(
+        websocket: WebSocket, store: JobStore, job_id: str, start: str
+    ) -> tuple[int, str] | None:
+        """Send the events up to the terminal one, each after the previous send completed (at
+        most one XREAD batch held). Returns the close (code, reason), or None if the client
+        left; a task listening for the client's disconnect runs alongside."""
+        result: tuple[int, str] | None = None
+        last = start
+
+        async def pump() -> None:
+            nonlocal result, last
+            events = tail_events(store, settings, job_id, start)
+            try:
+                async with aclosing(events):
+                    async for event in events:
+                        async with asyncio.timeout(settings.send_timeout_seconds):
+                            await websocket.send_text(event.model_dump_json())
+                        relayed.inc()
+                        last = event.event_id or last
+                result = (1000, "job ended")
+            except WebSocketDisconnect:
+                result = None
+            except TimeoutError:
+                result = (4408, f"send timed out; resume with after={last}")
+            except JobNotFoundError as exc:
+                result = (4404, str(exc))
+            except StreamGoneError as exc:  # fell behind the stream cap
+                result = (4410, str(exc))
+            except (RedisConnectionError, RedisTimeoutError):
+                result = (1011, f"Redis unavailable; resume with after={last}")
+
+        async def listen() -> None:
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass  # client messages mean nothing here; each is dropped at once
+
+        async with asyncio.TaskGroup() as group:
+            pumping = group.create_task(pump())
+            listening = group.create_task(listen())
+            # whichever finishes first ends the other
+            pumping.add_done_callback(lambda _: listening.cancel())
+            listening.add_done_callback(lambda _: pumping.cancel())
+        return result
+
+    @router.websocket("/v1/jobs/{job_id}/ws")
+    async def job_websocket(
+        websocket: WebSocket,
+        job_id: str,
+        after: Annotated[str | None, Query(description="resume after this event id")] = None,
+    ) -> None:
+        """The job's events as JSON text messages; closes with 1000 after the terminal one."""
+        await websocket.accept()  # close codes can only be sent on an accepted socket
+        store: JobStore = websocket.app.state.store
+        try:
+            start = parse_event_id(after)
+        except InvalidEventIdError as exc:
+            await _close(websocket, 4400, str(exc))
+            return
+        try:
+            if not await store.exists(job_id):
+                await _close(websocket, 4404, str(JobNotFoundError(job_id)))
+                return
+            await check_retained(store.redis, store.keys.events(job_id), start)
+            if await ended_by(store, job_id, start):
+                await _close(websocket, 1000, "job ended")
+                return
+        except StreamGoneError as exc:
+            await _close(websocket, 4410, str(exc))
+            return
+        except (RedisConnectionError, RedisTimeoutError):
+            await _close(websocket, 1013, "Redis unavailable")
+            return
+        with tracked(metrics, TRANSPORT, start):
+            result = await relay(websocket, store, job_id, start)
+        if result is not None:
+            await _close(websocket, *result)
+
+    return router
