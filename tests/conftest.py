@@ -11,7 +11,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tokenspool.client import Client
+from tokenspool.client import AsyncClient
 from tokenspool.connections import close, connect
 from tokenspool.keys import Keys
 from tokenspool.settings import Settings
@@ -78,8 +78,8 @@ async def store(redis: Redis, settings: Settings) -> JobStore:
 
 
 @pytest.fixture
-async def client(stack: Stack) -> AsyncIterator[Client]:
-    async with Client(stack.api_url, read_timeout=30) as c:
+async def client(stack: Stack) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(stack.api_url, read_timeout=30) as c:
         yield c
 
 
@@ -125,6 +125,6 @@ def fault_stack() -> Iterator[Stack]:
 
 
 @pytest.fixture
-async def fclient(fault_stack: Stack) -> AsyncIterator[Client]:
-    async with Client(fault_stack.api_url, read_timeout=30, max_reconnects=100) as c:
+async def fclient(fault_stack: Stack) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(fault_stack.api_url, read_timeout=30, max_reconnects=100) as c:
         yield c

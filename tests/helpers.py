@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tokenspool.client import Client
+from tokenspool.client import AsyncClient
 from tokenspool.embedded import Child
 from tokenspool.events import Event
 from tokenspool.fake_llm import Plan, plan
@@ -67,12 +67,12 @@ async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.
 class Follower:
     """Collects a job's events in the background; tests wait on what it has seen."""
 
-    def __init__(self, client: Client, job_id: str) -> None:
+    def __init__(self, client: AsyncClient, job_id: str) -> None:
         self.events: list[Event] = []
         self._new = asyncio.Event()
         self.task = asyncio.create_task(self._run(client, job_id))
 
-    async def _run(self, client: Client, job_id: str) -> None:
+    async def _run(self, client: AsyncClient, job_id: str) -> None:
         async for event in client.events(job_id):
             self.events.append(event)
             self._new.set()

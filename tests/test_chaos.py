@@ -8,7 +8,7 @@ import random
 import httpx
 import pytest
 
-from tokenspool.client import Client
+from tokenspool.client import AsyncClient
 from tokenspool.embedded import RedisServer
 from tokenspool.stack import start_stack
 
@@ -25,7 +25,7 @@ async def test_redis_restart_with_aof_loses_no_acknowledged_event_and_jobs_finis
     )
     try:
         prompts = [f"aof {i} [fake chunks=150 delay_ms=20]" for i in range(6)]
-        async with Client(stack.api_url, read_timeout=30, max_reconnects=100) as client:
+        async with AsyncClient(stack.api_url, read_timeout=30, max_reconnects=100) as client:
             jobs = [await client.submit("fake-gpt", p) for p in prompts]
             seen: dict[str, list] = {j.id: [] for j in jobs}
 
@@ -62,7 +62,7 @@ async def test_redis_restart_with_aof_loses_no_acknowledged_event_and_jobs_finis
 
 
 async def test_200_consumers_dropping_at_random_points_reconstruct_the_exact_output(
-    stack, client: Client, http: httpx.AsyncClient
+    stack, client: AsyncClient, http: httpx.AsyncClient
 ) -> None:
     prompt = "two hundred [fake chunks=200 delay_ms=5]"
     want = expected("fake-gpt", prompt)

@@ -14,7 +14,7 @@ import time
 import httpx
 
 from tokenspool.accumulator import Accumulator
-from tokenspool.client import Client
+from tokenspool.client import AsyncClient
 from tokenspool.embedded import Child
 from tokenspool.events import Event
 from tokenspool.stack import Stack
@@ -49,7 +49,7 @@ def assert_consistent(events: list[Event], text: str) -> Accumulator:
 
 
 async def test_killed_worker_job_completes_on_another_worker_after_retrying(
-    fault_stack: Stack, fclient: Client
+    fault_stack: Stack, fclient: AsyncClient
 ) -> None:
     prompt = "kill -9 [fake chunks=150 delay_ms=20]"
     want = expected("fake-gpt", prompt)
@@ -79,7 +79,7 @@ async def test_killed_worker_job_completes_on_another_worker_after_retrying(
 
 
 async def test_paused_worker_cannot_write_after_its_lease_is_taken_over(
-    fault_stack: Stack, fclient: Client
+    fault_stack: Stack, fclient: AsyncClient
 ) -> None:
     prompt = "sigstop [fake chunks=400 delay_ms=20]"
     want = expected("fake-gpt", prompt)
@@ -109,7 +109,7 @@ async def test_paused_worker_cannot_write_after_its_lease_is_taken_over(
 
 
 async def test_rate_limited_provider_is_retried_after_retry_after_and_completes(
-    fclient: Client,
+    fclient: AsyncClient,
 ) -> None:
     prompt = "429 once [fake status=429 fail_times=1 chunks=6]"
     want = expected("fake-gpt", prompt)
@@ -127,7 +127,7 @@ async def test_rate_limited_provider_is_retried_after_retry_after_and_completes(
 
 
 async def test_dropped_provider_stream_is_retried_from_the_start_and_completes(
-    fclient: Client,
+    fclient: AsyncClient,
 ) -> None:
     prompt = "drop once [fake drop_after=5 fail_times=1 chunks=20]"
     want = expected("fake-gpt", prompt)
@@ -142,7 +142,7 @@ async def test_dropped_provider_stream_is_retried_from_the_start_and_completes(
     assert view.attempt == 2 and view.output.content == want.text
 
 
-async def test_stalled_provider_hits_the_idle_timeout_and_is_retried(fclient: Client) -> None:
+async def test_stalled_provider_hits_the_idle_timeout_and_is_retried(fclient: AsyncClient) -> None:
     prompt = "stall once [fake stall_after=3 fail_times=1 chunks=10]"
     want = expected("fake-gpt", prompt)
     job = await fclient.submit("fake-gpt", prompt)
@@ -155,7 +155,7 @@ async def test_stalled_provider_hits_the_idle_timeout_and_is_retried(fclient: Cl
 
 
 async def test_provider_failing_every_attempt_ends_failed_with_the_last_error(
-    fclient: Client,
+    fclient: AsyncClient,
 ) -> None:
     job = await fclient.submit("fake-gpt", "always 503 [fake status=503]")
 
@@ -167,7 +167,7 @@ async def test_provider_failing_every_attempt_ends_failed_with_the_last_error(
     assert view.error is not None and "503" in view.error.message
 
 
-async def test_client_errors_from_the_provider_are_not_retried(fclient: Client) -> None:
+async def test_client_errors_from_the_provider_are_not_retried(fclient: AsyncClient) -> None:
     job = await fclient.submit("fake-gpt", "bad request [fake status=400]")
 
     events = [e async for e in fclient.events(job.id)]
@@ -177,7 +177,7 @@ async def test_client_errors_from_the_provider_are_not_retried(fclient: Client) 
 
 
 async def test_sigterm_hands_a_long_job_to_another_worker_after_the_grace_period(
-    fault_stack: Stack, fclient: Client
+    fault_stack: Stack, fclient: AsyncClient
 ) -> None:
     long_prompt = "long [fake chunks=200 delay_ms=20]"
     job = await fclient.submit("fake-gpt", long_prompt)
@@ -203,7 +203,7 @@ async def test_sigterm_hands_a_long_job_to_another_worker_after_the_grace_period
 
 
 async def test_sigterm_lets_a_short_job_finish_within_the_grace_period(
-    fault_stack: Stack, fclient: Client
+    fault_stack: Stack, fclient: AsyncClient
 ) -> None:
     prompt = "short [fake chunks=10 delay_ms=30]"  # 0.3 s, inside the 2 s grace
     job = await fclient.submit("fake-gpt", prompt)
@@ -241,7 +241,7 @@ async def test_idempotency_key_returns_the_same_job_and_refuses_a_different_body
 
 
 async def test_worker_stops_reading_the_provider_while_redis_is_unreachable(
-    fault_stack: Stack, fclient: Client
+    fault_stack: Stack, fclient: AsyncClient
 ) -> None:
     prompt = "backpressure [fake chunks=5000 pad=4000]"  # 20 MB: more than socket buffers
     want = expected("fake-gpt", prompt)

@@ -8,7 +8,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from tokenspool.client import Client
+from tokenspool.client import AsyncClient
 from tokenspool.stack import Stack
 
 from .helpers import sse_events, wait_until
@@ -65,7 +65,7 @@ async def test_submitted_and_streamed_job_counts_the_submission_and_each_relayed
 
 
 async def test_resumed_streams_are_counted_by_transport(
-    http: httpx.AsyncClient, client: Client, stack: Stack
+    http: httpx.AsyncClient, client: AsyncClient, stack: Stack
 ) -> None:
     job = await client.submit("fake-gpt", "metrics resume [fake chunks=5]")
     full = await sse_events(http, job.id)
@@ -124,7 +124,7 @@ async def test_http_errors_are_counted_by_status(http: httpx.AsyncClient) -> Non
 
 
 async def test_connected_stream_clients_are_gauged_while_they_stay(
-    http: httpx.AsyncClient, client: Client, stack: Stack
+    http: httpx.AsyncClient, client: AsyncClient, stack: Stack
 ) -> None:
     job = await client.submit("fake-gpt", "metrics gauge [fake chunks=400 delay_ms=20]")
     for transport in ("sse", "websocket"):

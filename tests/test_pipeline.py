@@ -7,7 +7,7 @@ import json
 
 import httpx
 
-from tokenspool.client import Client
+from tokenspool.client import AsyncClient
 from tokenspool.events import ContentDelta, JobCompleted, JobStarted
 from tokenspool.stack import Stack
 
@@ -35,7 +35,7 @@ async def test_submit_answers_202_with_job_id_and_events_url(http: httpx.AsyncCl
     assert response.headers["location"] == f"/v1/jobs/{body['id']}"
 
 
-async def test_job_streams_every_provider_chunk_in_order_and_ends_once(client: Client) -> None:
+async def test_job_streams_every_provider_chunk_in_order_and_ends_once(client: AsyncClient) -> None:
     prompt = "stream me [fake chunks=30 reasoning=4]"
     want = expected("fake-reasoner", prompt)
     job = await client.submit("fake-reasoner", prompt)
@@ -54,7 +54,7 @@ async def test_job_streams_every_provider_chunk_in_order_and_ends_once(client: C
     assert isinstance(events[1], JobStarted) and ":" in events[1].worker
 
 
-async def test_get_job_reports_accumulated_output_usage_and_timestamps(client: Client) -> None:
+async def test_get_job_reports_accumulated_output_usage_and_timestamps(client: AsyncClient) -> None:
     prompt = "status please [fake chunks=12]"
     want = expected("fake-gpt", prompt)
     job = await client.submit("fake-gpt", prompt)
@@ -68,7 +68,7 @@ async def test_get_job_reports_accumulated_output_usage_and_timestamps(client: C
     assert view.created_at <= (view.started_at or 0) <= (view.finished_at or 0)
 
 
-async def test_tool_call_arguments_split_mid_json_are_reassembled(client: Client) -> None:
+async def test_tool_call_arguments_split_mid_json_are_reassembled(client: AsyncClient) -> None:
     prompt = "weather in Paris?"
     want = expected("fake-gpt", prompt, tools=TOOLS)
     job = await client.submit("fake-gpt", prompt, tools=TOOLS, tool_choice="auto")
@@ -86,7 +86,7 @@ async def test_tool_call_arguments_split_mid_json_are_reassembled(client: Client
     assert view.output.tool_calls[0].arguments == want.tool_call.arguments
 
 
-async def test_provider_error_becomes_job_failed_with_provider_class(client: Client) -> None:
+async def test_provider_error_becomes_job_failed_with_provider_class(client: AsyncClient) -> None:
     job = await client.submit("fake-gpt", "break [fake status=500]")
 
     events = [e async for e in client.events(job.id)]
@@ -150,7 +150,7 @@ async def test_unknown_job_is_404_on_every_route(http: httpx.AsyncClient) -> Non
         assert "job_missing" in response.json()["detail"]
 
 
-async def test_jobs_spread_across_worker_processes(client: Client, stack: Stack) -> None:
+async def test_jobs_spread_across_worker_processes(client: AsyncClient, stack: Stack) -> None:
     jobs = [
         await client.submit("fake-gpt", f"spread {i} [fake chunks=20 delay_ms=20]")
         for i in range(10)
@@ -168,7 +168,7 @@ async def test_jobs_spread_across_worker_processes(client: Client, stack: Stack)
 
 
 async def test_cancel_running_job_closes_provider_stream_and_ends_cancelled(
-    client: Client, stack: Stack
+    client: AsyncClient, stack: Stack
 ) -> None:
     prompt = "long answer [fake chunks=400 delay_ms=20]"
     job = await client.submit("fake-gpt", prompt)
@@ -193,7 +193,7 @@ async def test_cancel_running_job_closes_provider_stream_and_ends_cancelled(
 
 
 async def test_cancelling_a_finished_job_answers_409_with_its_status(
-    client: Client, http: httpx.AsyncClient
+    client: AsyncClient, http: httpx.AsyncClient
 ):
     job = await client.submit("fake-gpt", "short [fake chunks=2]")
     await client.wait(job.id)
@@ -205,7 +205,7 @@ async def test_cancelling_a_finished_job_answers_409_with_its_status(
 
 
 async def test_queued_job_is_cancelled_without_running(
-    store, client: Client, stack: Stack, redis
+    store, client: AsyncClient, stack: Stack, redis
 ) -> None:
     from tokenspool.jobs import JobPayload, JobRequest, new_job_id
     from tokenspool.queue import RUN_JOB
@@ -237,7 +237,7 @@ async def _arq_done(redis, job_id: str) -> bool:
 
 
 async def test_finished_job_keys_expire_after_the_retention_period(
-    client: Client, redis, keys, settings
+    client: AsyncClient, redis, keys, settings
 ) -> None:
     job = await client.submit("fake-gpt", "retain [fake chunks=2]")
     await client.wait(job.id)
@@ -247,7 +247,7 @@ async def test_finished_job_keys_expire_after_the_retention_period(
         assert 0 < ttl <= settings.retention_seconds
 
 
-async def test_several_consumers_read_one_stream_at_their_own_pace(client: Client) -> None:
+async def test_several_consumers_read_one_stream_at_their_own_pace(client: AsyncClient) -> None:
     prompt = "share me [fake chunks=50 delay_ms=5]"
     job = await client.submit("fake-gpt", prompt)
 

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tokenspool import tail
-from tokenspool.client import Client
+from tokenspool.client import AsyncClient
 from tokenspool.connections import close, connect
 from tokenspool.stack import Stack
 
@@ -18,7 +18,7 @@ from .helpers import expected, parse_sse, sse_events
 
 
 async def test_sse_resumes_after_last_event_id_with_nothing_lost_or_repeated(
-    client: Client, http: httpx.AsyncClient
+    client: AsyncClient, http: httpx.AsyncClient
 ) -> None:
     job = await client.submit("fake-gpt", "resume [fake chunks=20]")
     await client.wait(job.id)
@@ -30,7 +30,7 @@ async def test_sse_resumes_after_last_event_id_with_nothing_lost_or_repeated(
 
 
 async def test_sse_after_param_resumes_and_last_event_id_header_wins(
-    client: Client, http: httpx.AsyncClient
+    client: AsyncClient, http: httpx.AsyncClient
 ) -> None:
     job = await client.submit("fake-gpt", "after [fake chunks=10]")
     await client.wait(job.id)
@@ -48,7 +48,7 @@ async def test_sse_after_param_resumes_and_last_event_id_header_wins(
 
 
 async def test_sse_wire_format_has_id_event_and_json_data(
-    client: Client, http: httpx.AsyncClient
+    client: AsyncClient, http: httpx.AsyncClient
 ) -> None:
     job = await client.submit("fake-gpt", "wire [fake chunks=3]")
     await client.wait(job.id)
@@ -67,7 +67,7 @@ async def test_sse_wire_format_has_id_event_and_json_data(
 
 
 async def test_sse_sends_heartbeat_comments_while_the_job_is_idle(
-    client: Client, http: httpx.AsyncClient
+    client: AsyncClient, http: httpx.AsyncClient
 ) -> None:
     job = await client.submit("fake-gpt", "slow start [fake chunks=2 ttft_ms=1500]")
     lines: list[str] = []
@@ -83,7 +83,7 @@ async def test_sse_sends_heartbeat_comments_while_the_job_is_idle(
 
 @pytest.mark.parametrize("bad", ["abc", "$", "1-2-3", "12-x"])
 async def test_malformed_event_id_is_400_naming_the_value(
-    client: Client, http: httpx.AsyncClient, bad: str
+    client: AsyncClient, http: httpx.AsyncClient, bad: str
 ) -> None:
     job = await client.submit("fake-gpt", "bad id [fake chunks=1]")
 
@@ -101,7 +101,7 @@ async def test_client_reconnects_through_dropped_connections_without_gaps_or_rep
     prompt = "drop me [fake chunks=120 delay_ms=5]"
     want = expected("fake-gpt", prompt)
     proxy = await proxy_factory(stack.api_port)
-    async with Client(proxy.url, read_timeout=30) as client:
+    async with AsyncClient(proxy.url, read_timeout=30) as client:
         job = await client.submit("fake-gpt", prompt)
         seen = []
         drops = 0
@@ -120,7 +120,7 @@ async def test_client_reconnects_through_dropped_connections_without_gaps_or_rep
 
 
 async def test_tail_from_redis_resumes_after_connection_is_cut(
-    stack: Stack, settings, client: Client, proxy_factory
+    stack: Stack, settings, client: AsyncClient, proxy_factory
 ) -> None:
     prompt = "tail me [fake chunks=80 delay_ms=5]"
     want = expected("fake-gpt", prompt)
@@ -146,7 +146,9 @@ async def test_tail_from_redis_resumes_after_connection_is_cut(
     assert seen[-1].type == "job.completed"
 
 
-async def test_tail_from_the_middle_yields_exactly_the_rest(client: Client, redis: Redis) -> None:
+async def test_tail_from_the_middle_yields_exactly_the_rest(
+    client: AsyncClient, redis: Redis
+) -> None:
     job = await client.submit("fake-gpt", "middle [fake chunks=15]")
     await client.wait(job.id)
     full = [e async for e in tail(redis, job.id)]
@@ -157,7 +159,7 @@ async def test_tail_from_the_middle_yields_exactly_the_rest(client: Client, redi
 
 
 async def test_many_consumers_dropping_at_random_points_each_get_the_exact_output(
-    stack: Stack, client: Client, http: httpx.AsyncClient
+    stack: Stack, client: AsyncClient, http: httpx.AsyncClient
 ) -> None:
     import random
 

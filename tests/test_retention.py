@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tokenspool import tail
-from tokenspool.client import Client
+from tokenspool.client import AsyncClient
 from tokenspool.errors import StreamGoneError
 from tokenspool.stack import Stack, start_stack
 
@@ -28,10 +28,10 @@ def capped_stack() -> Iterator[Stack]:
 
 
 @pytest.fixture
-async def capped(capped_stack: Stack) -> AsyncIterator[tuple[Client, Redis, str]]:
+async def capped(capped_stack: Stack) -> AsyncIterator[tuple[AsyncClient, Redis, str]]:
     """A finished job of 400 chunks whose stream was trimmed to about 100 entries."""
     redis = Redis.from_url(capped_stack.redis.url)
-    async with Client(capped_stack.api_url) as client:
+    async with AsyncClient(capped_stack.api_url) as client:
         job = await client.submit("fake-gpt", "long enough to trim [fake chunks=400]")
 
         async def finished() -> bool:
@@ -45,7 +45,7 @@ async def capped(capped_stack: Stack) -> AsyncIterator[tuple[Client, Redis, str]
 
 
 async def test_offset_older_than_the_retained_events_is_410(
-    capped_stack: Stack, capped: tuple[Client, Redis, str]
+    capped_stack: Stack, capped: tuple[AsyncClient, Redis, str]
 ) -> None:
     _, redis, job_id = capped
     newest = [
@@ -61,7 +61,7 @@ async def test_offset_older_than_the_retained_events_is_410(
 
 
 async def test_client_reading_a_trimmed_stream_gets_stream_gone(
-    capped: tuple[Client, Redis, str],
+    capped: tuple[AsyncClient, Redis, str],
 ) -> None:
     client, _, job_id = capped
 
@@ -71,7 +71,7 @@ async def test_client_reading_a_trimmed_stream_gets_stream_gone(
 
 
 async def test_redis_tail_detects_trimmed_events_by_their_ordinal(
-    capped: tuple[Client, Redis, str],
+    capped: tuple[AsyncClient, Redis, str],
 ) -> None:
     _, redis, job_id = capped
 
@@ -81,7 +81,7 @@ async def test_redis_tail_detects_trimmed_events_by_their_ordinal(
 
 
 async def test_redis_tail_from_a_retained_offset_reads_to_the_end(
-    capped: tuple[Client, Redis, str],
+    capped: tuple[AsyncClient, Redis, str],
 ) -> None:
     _, redis, job_id = capped
     entries = await redis.xrange(f"tokenspool:{{{job_id}}}:events", count=2)

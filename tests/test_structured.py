@@ -109,3 +109,17 @@ def test_tracker_names_the_nested_path_that_does_not_match() -> None:
 
     with pytest.raises(OutputValidationError, match=r"\$\.items\[1\]"):
         tracker.finish()
+
+
+def test_sync_client_streams_follows_and_returns_structured_answers(stack) -> None:
+    from tokenspool import Client
+
+    prompt = "sync [fake chunks=9]"
+    with Client(stack.api_url) as client:
+        text = "".join(client.stream_text("fake-gpt", prompt))
+        job = client.submit("fake-gpt", prompt)
+        view = client.wait(job.id)
+        forecast = client.structured("fake-gpt", "sync forecast", Forecast)
+
+    assert text == expected("fake-gpt", prompt).text == view.output.content
+    assert forecast == Forecast.model_validate(example_value(Forecast.model_json_schema()))

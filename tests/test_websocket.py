@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tokenspool.client import Client
+from tokenspool.client import AsyncClient
 from tokenspool.stack import Stack
 
 from .helpers import expected, sse_events
@@ -27,7 +27,7 @@ async def read_all(ws: ClientConnection) -> list[dict[str, Any]]:
 
 
 async def test_websocket_stream_equals_the_sse_stream_and_closes_with_1000(
-    stack: Stack, client: Client, http: httpx.AsyncClient
+    stack: Stack, client: AsyncClient, http: httpx.AsyncClient
 ) -> None:
     prompt = "ws live [fake chunks=30 delay_ms=5 reasoning=3]"
     want = expected("fake-gpt", prompt)
@@ -44,7 +44,7 @@ async def test_websocket_stream_equals_the_sse_stream_and_closes_with_1000(
 
 
 async def test_websocket_resumes_after_an_id_with_exactly_the_rest(
-    stack: Stack, client: Client, http: httpx.AsyncClient
+    stack: Stack, client: AsyncClient, http: httpx.AsyncClient
 ) -> None:
     job = await client.submit("fake-gpt", "ws resume [fake chunks=20]")
     await client.wait(job.id)
@@ -59,7 +59,7 @@ async def test_websocket_resumes_after_an_id_with_exactly_the_rest(
 
 
 async def test_websocket_resumed_after_the_terminal_event_closes_at_once(
-    stack: Stack, client: Client
+    stack: Stack, client: AsyncClient
 ) -> None:
     job = await client.submit("fake-gpt", "ws ended [fake chunks=2]")
     events = [e async for e in client.events(job.id)]

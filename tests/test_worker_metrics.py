@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tokenspool.client import Client
+from tokenspool.client import AsyncClient
 from tokenspool.embedded import free_port, wait_for_port
 from tokenspool.stack import Stack, start_stack
 
@@ -46,7 +46,7 @@ async def test_worker_metrics_count_attempts_outcomes_latencies_and_errors(
 ) -> None:
     stack, port = metrics_stack
     before = await _samples(port)
-    async with Client(stack.api_url) as client:
+    async with AsyncClient(stack.api_url) as client:
         ok = await client.submit("fake-gpt", "metrics ok [fake chunks=8]")
         bad = await client.submit("fake-gpt", "metrics bad [fake status=400]")
         await client.wait(ok.id)
@@ -64,7 +64,9 @@ async def test_worker_metrics_count_attempts_outcomes_latencies_and_errors(
     assert delta("tokenspool_worker_pickup_seconds_count") == 2
     assert delta("tokenspool_worker_time_to_first_token_seconds_count") == 1
     assert delta("tokenspool_worker_events_written_total") >= 8
-    assert 0 < delta("tokenspool_worker_redis_writes_total") <= delta(
-        "tokenspool_worker_events_written_total"
+    assert (
+        0
+        < delta("tokenspool_worker_redis_writes_total")
+        <= delta("tokenspool_worker_events_written_total")
     )
     assert after[("tokenspool_worker_active_streams", ())] == 0

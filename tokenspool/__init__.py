@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .accumulator import Accumulator
-from .client import AsyncClient, Client, JobFailedError, OutputRestartedError
+from .client import AsyncClient, JobFailedError, OutputRestartedError
 from .errors import (
     ClientError,
     FencedError,
@@ -19,6 +19,7 @@ from .events import Event
 from .jobs import JobRequest, JobStatus, JobView, Output
 from .keys import Keys
 from .settings import Settings
+from .sync_client import Client
 from .tailer import tail
 
 __all__ = [

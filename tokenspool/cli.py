@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .client import Client
+from .client import AsyncClient
 from .errors import TokenspoolError
 from .settings import Settings
 
@@ -74,7 +74,7 @@ def _cmd_redis(args: argparse.Namespace) -> int:
 async def _submit(args: argparse.Namespace) -> int:
     from .render import follow
 
-    async with Client(args.api) as client:
+    async with AsyncClient(args.api) as client:
         accepted = await client.submit(args.model, args.prompt)
         if not args.follow:
             print(accepted.id)
@@ -87,20 +87,20 @@ async def _submit(args: argparse.Namespace) -> int:
 async def _tail(args: argparse.Namespace) -> int:
     from .render import follow
 
-    async with Client(args.api) as client:
+    async with AsyncClient(args.api) as client:
         renderer = await follow(client.events(args.job_id, after=args.after), as_json=args.json)
         return 0 if renderer.status == "completed" else 1
 
 
 async def _status(args: argparse.Namespace) -> int:
-    async with Client(args.api) as client:
+    async with AsyncClient(args.api) as client:
         view = await client.get(args.job_id)
         print(view.model_dump_json(indent=2))
         return 0
 
 
 async def _cancel(args: argparse.Namespace) -> int:
-    async with Client(args.api) as client:
+    async with AsyncClient(args.api) as client:
         print(await client.cancel(args.job_id))
         return 0
 
@@ -108,7 +108,7 @@ async def _cancel(args: argparse.Namespace) -> int:
 async def _jobs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    async with Client(args.api) as client:
+    async with AsyncClient(args.api) as client:
         table = Table("id", "status", "model", "attempt", "created")
         for view in await client.jobs(args.limit):
             created = time.strftime("%H:%M:%S", time.localtime(view.created_at))

@@ -49,8 +49,45 @@ class _Transient(ClientError):
     """A reconnectable failure (server busy or restarting)."""
 
 
-class Client:
-    """Talks to a tokenspool API over HTTP (httpx, async). ``AsyncClient`` is the same class."""
+def raise_for_status(response: httpx.Response, job_id: str | None = None) -> None:
+    """Translate an error answer of the API into the error hierarchy."""
+    if response.is_success:
+        return
+    try:
+        detail: Any = response.json().get("detail")
+    except ValueError:
+        detail = response.text
+    if response.status_code == 404 and job_id is not None:
+        raise JobNotFoundError(job_id)
+    if response.status_code == 410:
+        raise StreamGoneError(str(detail))
+    raise ClientError(response.status_code, detail)
+
+
+def job_body(
+    model: str, messages: list[dict[str, Any]] | str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``POST /v1/jobs`` body; a plain string is one user message."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    return {"model": model, "messages": messages, **params}
+
+
+def schema_format(response_model: type[BaseModel]) -> dict[str, Any]:
+    """The ``response_format`` asking for JSON that matches ``response_model``."""
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": response_model.__name__,
+            "schema": response_model.model_json_schema(),
+            "strict": True,
+        },
+    }
+
+
+class AsyncClient:
+    """Talks to a tokenspool API over HTTP (httpx, async); :class:`tokenspool.Client` is the
+    synchronous twin with the same methods."""
 
     def __init__(
         self,
@@ -70,7 +107,7 @@ class Client:
         )
         self.reconnects = 0
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -80,19 +117,7 @@ class Client:
         if self._owns_http:
             await self._http.aclose()
 
-    @staticmethod
-    def _raise_for(response: httpx.Response, job_id: str | None = None) -> None:
-        if response.is_success:
-            return
-        try:
-            detail: Any = response.json().get("detail")
-        except ValueError:
-            detail = response.text
-        if response.status_code == 404 and job_id is not None:
-            raise JobNotFoundError(job_id)
-        if response.status_code == 410:
-            raise StreamGoneError(str(detail))
-        raise ClientError(response.status_code, detail)
+    _raise_for = staticmethod(raise_for_status)
 
     async def submit(
         self,
@@ -103,11 +128,9 @@ class Client:
         **params: Any,
     ) -> JobAccepted:
         """Queue a chat completion; ``messages`` may be a plain prompt string."""
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         response = await self._http.post(
-            "/v1/jobs", json={"model": model, "messages": messages, **params}, headers=headers
+            "/v1/jobs", json=job_body(model, messages, params), headers=headers
         )
         self._raise_for(response)
         return JobAccepted.model_validate(response.json())
@@ -233,15 +256,9 @@ class Client:
         Partial instances are built with ``model_construct`` (unvalidated, fields missing until
         they arrive); the last item is validated against ``response_model``.
         """
-        response_format = {
-            "type": "json_schema",
-            "json_schema": {
-                "name": response_model.__name__,
-                "schema": response_model.model_json_schema(),
-                "strict": True,
-            },
-        }
-        accepted = await self.submit(model, messages, response_format=response_format, **params)
+        accepted = await self.submit(
+            model, messages, response_format=schema_format(response_model), **params
+        )
         async for event in self.events(accepted.id):
             if isinstance(event, ObjectDelta) and isinstance(event.value, dict):
                 yield response_model.model_construct(**event.value)
@@ -249,6 +266,3 @@ class Client:
                 raise JobFailedError(accepted.id, event.error.type, event.error.message)
         view = await self.get(accepted.id)
         yield response_model.model_validate(view.output.parsed)
-
-
-AsyncClient = Client

@@ -6,7 +6,7 @@ import asyncio
 
 from rich.console import Console
 
-from .client import Client
+from .client import AsyncClient
 from .render import follow
 from .stack import start_stack
 
@@ -14,7 +14,7 @@ PROMPT = "Explain durable streams in one paragraph. [fake chunks=40 delay_ms=40]
 
 
 async def _run(api_url: str, console: Console) -> int:
-    async with Client(api_url) as client:
+    async with AsyncClient(api_url) as client:
         accepted = await client.submit("fake-reasoner", PROMPT)
         console.print(f"[bold]POST /v1/jobs[/bold] → 202 job [cyan]{accepted.id}[/cyan]\n")
         renderer = await follow(client.events(accepted.id), console)
