@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test chaos bench lint typecheck format clean
+.PHONY: install browser demo test chaos bench lint typecheck format clean
 
 install: $(STAMP)
 
@@ -18,13 +18,25 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/tokenspool demo
 
-test: install
+# Debian's Chromium for tests/test_browser.py (playwright drives it; it downloads no browser)
+browser:
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+test: install browser
 	$(BIN)/pytest
 
 chaos: install
 	$(BIN)/pytest -m chaos --timeout 600 -p no:cacheprovider -o addopts=""
 
-bench: install
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+# every benchmark in one run (~10 min); writes docs/benchmarks.md and docs/benchmarks.png.
+# `$(BIN)/python -m bench --quick` is a ~2 min smoke check, `--only NAME` runs one group
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 lint: install

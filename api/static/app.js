@@ -165,6 +165,7 @@
     reconnects += 1;
     ui.reconnects.textContent = String(reconnects);
     ui.resumedFrom.textContent = after || "0";
+    mark(`reconnected: resuming after ${after || "0"}`);
   }
 
   function drop() {
@@ -211,6 +212,17 @@
     const item = document.createElement("li");
     const { type, job_id, event_id, ...rest } = event;
     item.textContent = `${message.lastEventId}  ${type}  ${JSON.stringify(rest)}`;
+    appendLog(item);
+  }
+
+  function mark(text) {
+    const item = document.createElement("li");
+    item.className = "mark";
+    item.textContent = `— ${text} —`;
+    appendLog(item);
+  }
+
+  function appendLog(item) {
     ui.log.append(item);
     while (ui.log.childElementCount > LOG_LIMIT) ui.log.firstElementChild.remove();
   }
