@@ -32,7 +32,7 @@ from tokenspool.tailer import check_retained, parse_event_id
 from .instrumentation import ErrorCounter
 from .limits import BodySizeLimit, request_limit_problem
 from .openai_routes import OpenAIRoutes
-from .streams import ended_by, tail_events, tracked
+from .streams import ended_by, stream_head, tail_events, tracked
 from .ui_routes import ui_router
 from .websocket_routes import websocket_router
 
@@ -196,7 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise JobNotFoundError(job_id)
         await check_retained(s.redis, s.keys.events(job_id), start)
         ended = await ended_by(s, job_id, start)
-        relayed = metrics.events_relayed.labels("sse")
+        head = await stream_head(s, job_id)
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
             if ended:
@@ -210,7 +210,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             event=event.type,
                             data=event.model_dump_json(),
                         )
-                        relayed.inc()
+                        metrics.relayed("sse", event.event_id, head)
 
         return EventSourceResponse(
             stream(),

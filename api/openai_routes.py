@@ -44,7 +44,7 @@ from tokenspool.store import JobStore
 from tokenspool.tailer import check_retained, parse_event_id
 
 from .limits import request_limit_problem
-from .streams import tail_events, tracked
+from .streams import stream_head, tail_events, tracked
 
 JOB_ID_HEADER = "X-Tokenspool-Job-Id"
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -197,9 +197,8 @@ class OpenAIRoutes:
         formatter: ChunkFormatter,
         headers: dict[str, str],
     ) -> EventSourceResponse:
-        relayed = self.metrics.events_relayed.labels(TRANSPORT)
-
         async def frames() -> AsyncIterator[bytes]:
+            head = await stream_head(store, job_id)
             with tracked(self.metrics, TRANSPORT, start):
                 if formatter.done:
                     return  # the client already had the end
@@ -209,7 +208,7 @@ class OpenAIRoutes:
                         async for event in events:
                             for frame in formatter.feed(event):
                                 yield frame.encode()
-                            relayed.inc()
+                            self.metrics.relayed(TRANSPORT, event.event_id, head)
                             if formatter.done:
                                 return
                 except StreamGoneError as exc:  # fell behind the stream cap: say so, then end

@@ -66,3 +66,10 @@ def tracked(metrics: ApiMetrics, transport: str, start: str) -> Iterator[None]:
     finally:
         gauge.dec()
         metrics.stream_seconds.labels(transport).observe(time.monotonic() - began)
+
+
+async def stream_head(store: JobStore, job_id: str) -> tuple[int, int]:
+    """The id of the stream's newest entry now (``(0, 0)`` if empty): what a client connecting
+    now replays rather than waits for."""
+    last = await store.redis.xrevrange(store.keys.events(job_id), "+", "-", count=1)
+    return id_tuple(_s(last[0][0])) if last else (0, 0)

@@ -23,7 +23,7 @@ from tokenspool.settings import Settings
 from tokenspool.store import JobStore
 from tokenspool.tailer import check_retained, parse_event_id
 
-from .streams import ended_by, tail_events, tracked
+from .streams import ended_by, stream_head, tail_events, tracked
 
 TRANSPORT = "websocket"
 MAX_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes, 2 of them the code
@@ -44,7 +44,6 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
 
 def websocket_router(settings: Settings, metrics: ApiMetrics) -> APIRouter:
     router = APIRouter(tags=["jobs"])
-    relayed = metrics.events_relayed.labels(TRANSPORT)
 
     async def relay(
         websocket: WebSocket, store: JobStore, job_id: str, start: str
@@ -54,6 +53,7 @@ def websocket_router(settings: Settings, metrics: ApiMetrics) -> APIRouter:
         left; a task listening for the client's disconnect runs alongside."""
         result: tuple[int, str] | None = None
         last = start
+        head = await stream_head(store, job_id)
 
         async def pump() -> None:
             nonlocal result, last
@@ -63,7 +63,7 @@ def websocket_router(settings: Settings, metrics: ApiMetrics) -> APIRouter:
                     async for event in events:
                         async with asyncio.timeout(settings.send_timeout_seconds):
                             await websocket.send_text(event.model_dump_json())
-                        relayed.inc()
+                        metrics.relayed(TRANSPORT, event.event_id, head)
                         last = event.event_id or last
                 result = (1000, "job ended")
             except WebSocketDisconnect:

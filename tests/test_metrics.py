@@ -62,6 +62,9 @@ async def test_submitted_and_streamed_job_counts_the_submission_and_each_relayed
     assert delta(before, after, "tokenspool_events_relayed_total", transport="sse") == len(events)
     assert delta(before, after, "tokenspool_stream_resumes_total", transport="sse") == 0
     assert delta(before, after, "tokenspool_stream_duration_seconds_count", transport="sse") == 1
+    assert delta(before, after, "tokenspool_consumer_lag_seconds_count", transport="sse") == len(
+        events
+    )
 
 
 async def test_resumed_streams_are_counted_by_transport(
@@ -82,6 +85,11 @@ async def test_resumed_streams_are_counted_by_transport(
     assert delta(before, after, resumes, transport="websocket") == 1
     assert delta(before, after, relayed, transport="sse") == len(rest)
     assert delta(before, after, relayed, transport="websocket") == len(ws_rest)
+    # the job had ended before both connected: everything they got was replayed, and old
+    replayed, lag = "tokenspool_events_replayed_total", "tokenspool_consumer_lag_seconds_count"
+    assert delta(before, after, replayed, transport="sse") == len(rest)
+    assert delta(before, after, replayed, transport="websocket") == len(ws_rest)
+    assert delta(before, after, lag, transport="sse") == len(rest)
 
 
 async def test_openai_completion_counts_its_submission_and_relayed_events(

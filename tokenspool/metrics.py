@@ -3,6 +3,8 @@ apps in one process never collide on the global default registry)."""
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -50,6 +52,19 @@ class ApiMetrics:
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
             registry=r,
         )
+        self.events_replayed = Counter(
+            "tokenspool_events_replayed",
+            "Events sent that were already in the stream when the client connected (catch-up)",
+            ["transport"],
+            registry=r,
+        )
+        self.consumer_lag = Histogram(
+            "tokenspool_consumer_lag_seconds",
+            "Age of each event when sent to a client (now minus the time in its stream id)",
+            ["transport"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30, 300, 3600),
+            registry=r,
+        )
         self.http_errors = Counter(
             "tokenspool_http_errors",
             "HTTP responses with a 4xx or 5xx status, by status",
@@ -60,6 +75,18 @@ class ApiMetrics:
             self.stream_clients.labels(transport)
             self.stream_resumes.labels(transport)
             self.events_relayed.labels(transport)
+            self.events_replayed.labels(transport)
+
+    def relayed(self, transport: str, event_id: str | None, head: tuple[int, int]) -> None:
+        """Count one event sent: relayed, replayed if it predates the connection (``head`` is
+        the stream's last id then), and its age (consumer lag; stream ids carry milliseconds)."""
+        self.events_relayed.labels(transport).inc()
+        if not event_id:
+            return
+        ms, _, seq = event_id.partition("-")
+        if (int(ms), int(seq or 0)) <= head:
+            self.events_replayed.labels(transport).inc()
+        self.consumer_lag.labels(transport).observe(max(0.0, time.time() - int(ms) / 1000))
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format."""
