@@ -205,8 +205,8 @@ async def test_page_resumes_a_dropped_stream_exactly_where_it_was(
     assert await tab.text("#connection") == "closed (job ended)"
 
     await tab.page.reload()  # the URL names the job (?job=<id>): the page replays its stream
-    await expect(tab.page.locator("#status")).to_have_text("completed")
-    assert await content.text_content() == shown
+    await expect(tab.page.locator("#connection")).to_have_text("closed (job ended)")
+    await expect(content).to_have_text(shown)  # the replay ends with the same text
     assert_clean(tab, stack)
 
 
