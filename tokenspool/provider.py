@@ -105,9 +105,12 @@ class ProviderStream:
     async def chunks(self) -> AsyncIterator[Any]:
         assert self._response is not None, "open() first"
         iterator = self._response.__aiter__()
+        # litellm's own per-read timeout fires first (reported as MidStreamFallbackError, as on
+        # the fast path); this one only guards against a library that never returns
+        guard = self.idle_timeout * 1.5 + 1.0
         while True:
             try:
-                async with asyncio.timeout(self.idle_timeout):
+                async with asyncio.timeout(guard):
                     chunk = await iterator.__anext__()
             except StopAsyncIteration:
                 return

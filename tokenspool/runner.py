@@ -16,6 +16,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from . import fastpath
 from .accumulator import Accumulator
 from .cancellation import CancelWatcher
 from .chunks import ChunkMapper
@@ -30,6 +31,7 @@ from .events import (
     UsageInfo,
     _Event,
 )
+from .fastpath import FastOpenAIStream
 from .jobs import JobPayload, JobStatus
 from .leases import LeaseKeeper
 from .logs import current_job
@@ -179,7 +181,7 @@ async def _run_attempt(
     acc = Accumulator()
     acc.attempt = attempt
     cancel_event = ctx.cancels.register(job_id)
-    stream: ProviderStream | None = None
+    stream: ProviderStream | FastOpenAIStream | None = None
     schema = json_schema_of(request.response_format)
     tracker = StructuredTracker(schema) if schema is not None else None
     parsed: object = None
@@ -215,9 +217,12 @@ async def _run_attempt(
                 params = ctx.models.params(request.model)
             except TokenspoolError as exc:
                 raise ProviderError(exc.__class__.__name__, str(exc)) from exc
-            stream = ProviderStream(
-                params, request.provider_kwargs(), settings.provider_idle_timeout_seconds
+            kind = (
+                FastOpenAIStream
+                if settings.fast_path and fastpath.applies(params)
+                else ProviderStream
             )
+            stream = kind(params, request.provider_kwargs(), settings.provider_idle_timeout_seconds)
             await stream.open()
             async for chunk in stream.chunks():
                 await emit(mapper.feed(chunk))

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     max_jobs: int = Field(16, ge=1)
     job_timeout_seconds: float = Field(600.0, gt=0)  # total deadline of one attempt
     provider_idle_timeout_seconds: float = Field(60.0, gt=0)  # per-read idle timeout
+    # read OpenAI-compatible streams with httpx directly (same events, far less CPU per chunk);
+    # off: every model goes through litellm
+    fast_path: bool = True
     poll_delay_seconds: float = Field(0.05, gt=0)  # arq queue poll
     cancel_check_seconds: float = Field(1.0, gt=0)  # fallback poll for cancel flags
     queue_name: str = "tokenspool:queue"

@@ -1,0 +1,106 @@
+"""The direct OpenAI-compatible path yields the same events as the litellm path.
+
+Every fake-provider script runs through both, against the same real fake provider over HTTP;
+the event sequences (or the error class, for failing scripts) must be identical.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tokenspool import fastpath
+from tokenspool.chunks import ChunkMapper
+from tokenspool.embedded import free_port, python_child
+from tokenspool.errors import ProviderError
+from tokenspool.fastpath import FastOpenAIStream
+from tokenspool.provider import ProviderStream
+
+from .conftest import stack_dir
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+}
+SCRIPTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("fake-gpt", "plain [fake chunks=40]", {}),
+    ("fake-gpt", "empty [fake chunks=0]", {}),
+    ("fake-reasoner", "think [fake chunks=5 reasoning=7]", {}),
+    ("fake-gpt", "tool please", {"tools": TOOLS, "tool_choice": "auto"}),
+    ("fake-gpt", "tool and text [fake chunks=3]", {"tools": TOOLS}),
+    (
+        "fake-gpt",
+        "json please",
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "s", "schema": SCHEMA},
+            }
+        },
+    ),
+    ("fake-gpt", "unicode é 🤔 [fake chunks=7]", {"temperature": 0.2, "max_tokens": 50}),
+    ("fake-gpt", "limited [fake status=429]", {}),
+    ("fake-gpt", "broken [fake status=500]", {}),
+    ("fake-gpt", "overloaded [fake status=503]", {}),
+    ("fake-gpt", "bad [fake status=400]", {}),
+    ("fake-gpt", "dropped [fake drop_after=4 chunks=10]", {}),
+    ("fake-gpt", "stalled [fake stall_after=3 chunks=10]", {}),
+]
+
+
+@pytest.fixture(scope="module")
+def fake_base() -> Iterator[str]:
+    port = free_port()
+    workdir = stack_dir("fastpath")
+    child = python_child(
+        "fake-llm",
+        ["fake-llm", "--port", str(port)],
+        port,
+        dict(os.environ),
+        workdir / "fake-llm.log",
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        child.stop()
+
+
+async def run(kind: type, base: str, model: str, prompt: str, extra: dict[str, Any]) -> Any:
+    params = {"model": f"openai/{model}", "api_base": base, "api_key": "fake-key"}
+    kwargs = {"messages": [{"role": "user", "content": prompt}], **extra}
+    stream = kind(params, kwargs, 1.0)
+    mapper = ChunkMapper("job_x", 1)
+    events = []
+    try:
+        await stream.open()
+        async for chunk in stream.chunks():
+            events += mapper.feed(chunk)
+        events += mapper.finish()
+    except ProviderError as exc:
+        return ("error", exc.type, exc.retryable, exc.status_code, len(events) > 0)
+    finally:
+        await stream.aclose()
+    return [e.model_dump(mode="json") for e in events], mapper.finish_reason
+
+
+@pytest.mark.parametrize(("model", "prompt", "extra"), SCRIPTS, ids=[s[1] for s in SCRIPTS])
+async def test_fast_path_yields_the_same_events_as_litellm(
+    fake_base: str, model: str, prompt: str, extra: dict[str, Any]
+) -> None:
+    via_litellm = await run(ProviderStream, fake_base, model, prompt, extra)
+    direct = await run(FastOpenAIStream, fake_base, model, prompt, extra)
+
+    assert direct == via_litellm
+
+
+def test_fast_path_applies_only_to_plain_openai_compatible_models() -> None:
+    base = {"model": "openai/x", "api_base": "http://h/v1", "api_key": "k"}
+    assert fastpath.applies(base)
+    assert fastpath.applies({**base, "input_cost_per_token": 1e-6})
+    assert not fastpath.applies({**base, "model": "anthropic/claude"})
+    assert not fastpath.applies({"model": "openai/gpt-4o"})  # no api_base: litellm decides
+    assert not fastpath.applies({**base, "extra_headers": {"x": "y"}})  # unknown option
