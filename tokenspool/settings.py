@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     # read OpenAI-compatible streams with httpx directly (same events, far less CPU per chunk);
     # off: every model goes through litellm
     fast_path: bool = True
-    poll_delay_seconds: float = Field(0.05, gt=0)  # arq queue poll
+    poll_delay_seconds: float = Field(0.01, gt=0)  # arq queue poll: bounds pickup latency
     cancel_check_seconds: float = Field(1.0, gt=0)  # fallback poll for cancel flags
     queue_name: str = "tokenspool:queue"
 
