@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     send_timeout_seconds: float = Field(30.0, gt=0)  # one SSE write to a client
 
     # worker
-    max_jobs: int = Field(16, ge=1)
+    max_jobs: int = Field(256, ge=1)  # streams are I/O-bound: one process holds many
     job_timeout_seconds: float = Field(600.0, gt=0)  # total deadline of one attempt
     provider_idle_timeout_seconds: float = Field(60.0, gt=0)  # per-read idle timeout
     # read OpenAI-compatible streams with httpx directly (same events, far less CPU per chunk);
