@@ -21,14 +21,17 @@ def job_deserializer(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def connect(settings: Settings, *, max_connections: int = 512) -> ArqRedis:
-    """A Redis client (arq-capable) whose socket timeout exceeds the XREAD BLOCK time."""
+def connect(settings: Settings, *, max_connections: int | None = None) -> ArqRedis:
+    """A Redis client (arq-capable) whose socket timeout exceeds the XREAD BLOCK time.
+
+    Each stream client of the API holds one connection while its XREAD blocks, so the pool
+    bounds the stream clients of one API process (``redis_max_connections``)."""
     pool = ConnectionPool.from_url(
         settings.redis_url,
         socket_timeout=settings.read_block_ms / 1000 + 5,
         socket_connect_timeout=5,
         health_check_interval=30,
-        max_connections=max_connections,
+        max_connections=max_connections or settings.redis_max_connections,
         retry_on_timeout=False,
     )
     return ArqRedis(

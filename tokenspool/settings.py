@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOKENSPOOL_", extra="ignore", frozen=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_max_connections: int = Field(4096, ge=8)  # per process; one per blocked stream reader
     key_prefix: str = Field("tokenspool", pattern=r"^[A-Za-z0-9_.-]+$")
     models_file: Path = DEFAULT_MODELS_FILE
 
