@@ -1,0 +1,160 @@
+"""A lean SSE consumer of ``GET /v1/jobs/{id}/events`` that timestamps what it receives.
+
+The benchmark client shares two cores with everything it measures, so it must cost little per
+event: an asyncio protocol, a minimal HTTP/1.1 chunked decoder, and no JSON parsing (an event's
+type and id come from the ``event:`` and ``id:`` lines). Every event of one socket read gets the
+``time.time()`` taken when that read arrived; the clock is the one the provider, the worker and
+Redis stamp with (same machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+TERMINAL = frozenset({"job.completed", "job.failed", "job.cancelled"})
+
+Sink = Callable[[float, str, str], None]  # (receive time, event type, event id)
+
+
+class SseError(Exception):
+    """The events request failed (status other than 200, or the connection broke early)."""
+
+
+@dataclass
+class StreamLog:
+    """What one consumer saw of one job."""
+
+    job_id: str
+    first_event_at: float | None = None
+    started_at: float | None = None  # receive time of job.started
+    started_id: str = ""
+    content_at: list[float] = field(default_factory=list)  # receive times of content.delta
+    content_ids: list[str] = field(default_factory=list)
+    terminal: str = ""
+    retries: int = 0  # job.retrying events: a new attempt restarted the output
+    keep_ids: bool = True
+
+    def __call__(self, at: float, type_: str, event_id: str) -> None:
+        if self.first_event_at is None:
+            self.first_event_at = at
+        if type_ == "content.delta":
+            self.content_at.append(at)
+            if self.keep_ids:
+                self.content_ids.append(event_id)
+        elif type_ == "job.started" and self.started_at is None:
+            self.started_at, self.started_id = at, event_id
+        elif type_ == "job.retrying":
+            # the next attempt calls the provider again from scratch: keep only its output
+            self.retries += 1
+            self.content_at.clear()
+            self.content_ids.clear()
+        elif type_ in TERMINAL:
+            self.terminal = type_
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, request: bytes, sink: Sink, done: asyncio.Future[None]) -> None:
+        self.request = request
+        self.sink = sink
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+        self.raw = bytearray()
+        self.body = bytearray()
+        self.head_done = False
+        self.chunked = False
+        self.finished = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        self.raw += data
+        if not self.head_done:
+            end = self.raw.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.raw[:end]).decode("latin-1")
+            del self.raw[: end + 4]
+            status = head.split(" ", 2)[1]
+            if status != "200":
+                self._fail(SseError(f"events request answered {status}"))
+                return
+            self.chunked = "transfer-encoding: chunked" in head.lower()
+            self.head_done = True
+        if self.chunked:
+            self._dechunk()
+        else:
+            self.body += self.raw
+            self.raw.clear()
+        self._events(now)
+
+    def _dechunk(self) -> None:
+        raw = self.raw
+        while True:
+            eol = raw.find(b"\r\n")
+            if eol < 0:
+                return
+            size = int(bytes(raw[:eol]).split(b";")[0], 16)
+            if size == 0:
+                raw.clear()
+                return
+            if len(raw) < eol + 2 + size + 2:
+                return
+            self.body += raw[eol + 2 : eol + 2 + size]
+            del raw[: eol + 2 + size + 2]
+
+    def _events(self, now: float) -> None:
+        body = self.body
+        while not self.finished:
+            end = body.find(b"\r\n\r\n")  # the SSE separator (docs/protocol.md §6)
+            if end < 0:
+                return
+            type_ = event_id = ""
+            for line in bytes(body[:end]).split(b"\r\n"):
+                if line.startswith(b"event: "):
+                    type_ = line[7:].decode()
+                elif line.startswith(b"id: "):
+                    event_id = line[4:].decode()
+            del body[: end + 4]
+            if not type_:
+                continue  # a heartbeat comment
+            self.sink(now, type_, event_id)
+            if type_ in TERMINAL:
+                self.finished = True
+                if not self.done.done():
+                    self.done.set_result(None)
+                assert self.transport is not None
+                self.transport.close()
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self._fail(SseError(f"connection closed before the terminal event ({exc})"))
+
+
+async def follow(host: str, port: int, job_id: str, sink: Sink, *, within: float = 120.0) -> None:
+    """Read the job's events until its terminal one; raise SseError, or TimeoutError after
+    ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    request = (
+        f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Accept: text/event-stream\r\n\r\n"
+    ).encode()
+    transport, _ = await loop.create_connection(lambda: _Protocol(request, sink, done), host, port)
+    try:
+        async with asyncio.timeout(within):
+            await done
+    finally:
+        transport.close()

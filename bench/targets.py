@@ -1,0 +1,104 @@
+"""The performance issue's targets, checked against this run's figures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .context import Context
+from .results import ms, num, rate, times
+
+
+@dataclass(frozen=True)
+class Target:
+    goal: str
+    key: str  # a Context.metrics key
+    limit: float
+    at_most: bool  # met when value <= limit (else when value >= limit)
+    show: Callable[[float], str]
+    measured_as: str
+
+    def check(self, ctx: Context) -> tuple[str, str]:
+        """(measured value, status) for this run."""
+        value = ctx.get(self.key)
+        if value is None:
+            return "not measured", "not measured in this run"
+        met = value <= self.limit if self.at_most else value >= self.limit
+        return self.show(value), "**met**" if met else "**not met**"
+
+
+def _bytes(v: float) -> str:
+    return f"{v:,.0f} B"
+
+
+TARGETS = [
+    Target(
+        "pickup p50 ≤ 5 ms",
+        "e2e.pickup_p50",
+        0.005,
+        True,
+        ms,
+        "POST returned → job.started received over SSE, 20 new jobs/s, 1 worker",
+    ),
+    Target("pickup p99 ≤ 25 ms", "e2e.pickup_p99", 0.025, True, ms, "same"),
+    Target(
+        "TTFT overhead p50 ≤ 10 ms at 20 new jobs/s",
+        "e2e.ttft_p50",
+        0.010,
+        True,
+        ms,
+        "first content.delta received - POST sent - scripted TTFT (100 ms)",
+    ),
+    Target("TTFT overhead p99 ≤ 30 ms at 20 new jobs/s", "e2e.ttft_p99", 0.030, True, ms, "same"),
+    Target(
+        "relay p50 ≤ 2 ms, 500 streams at 20 chunks/s",
+        "relay.500.p50",
+        0.002,
+        True,
+        ms,
+        "provider send → client receive, every chunk, 1 worker",
+    ),
+    Target(
+        "relay p99 ≤ 15 ms, 500 streams at 20 chunks/s", "relay.500.p99", 0.015, True, ms, "same"
+    ),
+    Target(
+        "one worker ≥ 20,000 chunks/s",
+        "tp.one_worker_rate",
+        20_000,
+        False,
+        lambda v: rate(v, " chunks/s"),
+        "a batch of 2,000-chunk jobs, no delay, SSE consumers; Redis makespan",
+    ),
+    Target(
+        "one worker ≥ 8x litellm naive",
+        "tp.vs_litellm",
+        8.0,
+        False,
+        times,
+        "the same figure ÷ litellm.acompletion consuming one stream in one process",
+    ),
+    Target(
+        "Redis memory per finished 1,000-token job ≤ 64 KB",
+        "mem.job_bytes",
+        64_000,
+        True,
+        _bytes,
+        "MEMORY USAGE of the job hash + stream (KB = 1,000 B)",
+    ),
+    Target(
+        "fewer Redis round trips than chunks (provider as fast as it goes)",
+        "tp.round_trips_per_chunk",
+        1.0,
+        True,
+        lambda v: num(v, 3) + " per chunk",
+        "INFO total_reads_processed (all clients) ÷ chunks, saturation batch",
+    ),
+    Target(
+        "fewer Redis round trips than chunks (500 streams at 20 chunks/s)",
+        "relay.500.round_trips_per_chunk",
+        1.0,
+        True,
+        lambda v: num(v, 2) + " per chunk",
+        "the same counter over the relay run with the most streams",
+    ),
+]
