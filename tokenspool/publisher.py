@@ -72,6 +72,9 @@ class Publisher:
         self._check()
         fields = event.to_fields()
         await self._queue.put((fields["t"], fields["d"]))
+        # a provider that never makes the reader wait would otherwise starve the writer and
+        # the lease renewals on this loop (docs/benchmarks.md)
+        await asyncio.sleep(0)
 
     async def flush(self) -> None:
         """Wait until every queued event is in Redis (or raise the writer's error)."""

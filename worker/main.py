@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -39,6 +40,10 @@ def build_worker(settings: Settings) -> Worker:
 
     async def startup(ctx: dict[str, Any]) -> None:
         await asyncio.to_thread(load_litellm)  # ~2 s import, once, before taking jobs
+        # litellm and the OpenAI SDK leave ~400k long-lived objects; freezing them keeps full
+        # GC passes from pausing every stream for 100-300 ms (docs/benchmarks.md)
+        gc.collect()
+        gc.freeze()
         store = JobStore(pool, settings)
         cancels = CancelWatcher(pool, store.keys.cancel_channel)
         cancels.start()
