@@ -55,6 +55,11 @@ class Keys:
         return f"{self.prefix}:cancel"
 
     @property
+    def wake_channel(self) -> str:
+        """Pub/sub channel on which the API wakes idle workers after queueing a job."""
+        return f"{self.prefix}:wake"
+
+    @property
     def running(self) -> str:
         """Sorted set of running job ids by lease deadline (ms); workers reap expired ones."""
         return f"{self.prefix}:running"

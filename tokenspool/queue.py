@@ -55,4 +55,5 @@ async def submit(
         _job_id=job_id,
         _queue_name=store.settings.queue_name,
     )
+    await pool.publish(store.keys.wake_channel, job_id)  # idle workers pick it up at once
     return job_id, True

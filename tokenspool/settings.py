@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     # read OpenAI-compatible streams with httpx directly (same events, far less CPU per chunk);
     # off: every model goes through litellm
     fast_path: bool = True
-    poll_delay_seconds: float = Field(0.01, gt=0)  # arq queue poll: bounds pickup latency
+    # arq queue poll; a wake-up message after each enqueue starts idle workers at once, so this
+    # only bounds pickup when that message is lost (each poll re-checks every running job)
+    poll_delay_seconds: float = Field(0.25, gt=0)
     cancel_check_seconds: float = Field(1.0, gt=0)  # fallback poll for cancel flags
     queue_name: str = "tokenspool:queue"
 

@@ -14,6 +14,7 @@ from tokenspool.cancellation import CancelWatcher
 from tokenspool.connections import connect, job_deserializer, job_serializer
 from tokenspool.errors import JobNotFoundError
 from tokenspool.jobs import JobPayload
+from tokenspool.keys import Keys
 from tokenspool.leases import LeaseKeeper, Reaper
 from tokenspool.logs import setup_logging
 from tokenspool.model_list import ModelList
@@ -23,6 +24,8 @@ from tokenspool.runner import RunContext, run_job, worker_name
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore
 from tokenspool.worker_metrics import WorkerMetrics
+
+from .wakeable import WakeableWorker
 
 log = logging.getLogger("tokenspool.worker")
 
@@ -101,8 +104,9 @@ def build_worker(settings: Settings) -> Worker:
         await run_ctx.leases.stop()
         await run_ctx.cancels.stop()
 
-    return Worker(
+    return WakeableWorker(
         functions=[func(_run_job, name=RUN_JOB)],
+        wake_channel=Keys(settings.key_prefix).wake_channel,
         redis_pool=pool,
         queue_name=settings.queue_name,
         max_jobs=settings.max_jobs,
