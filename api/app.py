@@ -32,7 +32,7 @@ from tokenspool.tailer import check_retained, parse_event_id
 from .instrumentation import ErrorCounter
 from .limits import BodySizeLimit, request_limit_problem
 from .openai_routes import OpenAIRoutes
-from .streams import ended_by, stream_head, tail_events, tracked
+from .streams import stream_head, tail_events, tracked
 from .ui_routes import ui_router
 from .websocket_routes import websocket_router
 
@@ -195,11 +195,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not await s.exists(job_id):
             raise JobNotFoundError(job_id)
         await check_retained(s.redis, s.keys.events(job_id), start)
-        ended = await ended_by(s, job_id, start)
         head = await stream_head(s, job_id)
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
-            if ended:
+            if head.ended_by(start):
                 return  # resumed at or after the terminal event: nothing is left
             with tracked(metrics, "sse", start):
                 events = tail_events(s, settings, job_id, start)
@@ -210,7 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             event=event.type,
                             data=event.model_dump_json(),
                         )
-                        metrics.relayed("sse", event.event_id, head)
+                        metrics.relayed("sse", event.event_id, head.last)
 
         return EventSourceResponse(
             stream(),

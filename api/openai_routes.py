@@ -26,7 +26,7 @@ from tokenspool.errors import (
     StreamGoneError,
     UnknownModelError,
 )
-from tokenspool.events import from_entry
+from tokenspool.events import as_text, from_entry
 from tokenspool.jobs import JobStatus
 from tokenspool.keys import F_CREATED, F_MODEL
 from tokenspool.metrics import ApiMetrics
@@ -74,10 +74,6 @@ class _CommentLine(ServerSentEvent):
 
 def _heartbeat() -> ServerSentEvent:
     return _CommentLine(comment=f"ping - {datetime.now(UTC)}")
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class OpenAIRoutes:
@@ -169,7 +165,9 @@ class OpenAIRoutes:
             await check_retained(store.redis, store.keys.events(job_id), start)
         except StreamGoneError as exc:
             return _error(410, str(exc), code="events_trimmed")
-        formatter = ChunkFormatter(job_id, _s(model), int(float(_s(created or 0))), include_usage)
+        formatter = ChunkFormatter(
+            job_id, as_text(model), int(float(as_text(created or 0))), include_usage
+        )
         if start != "0":
             await self._replay(store, job_id, start, formatter)
             formatter.role_sent = True  # the client has the first chunk, or its head was trimmed
@@ -187,7 +185,7 @@ class OpenAIRoutes:
                 formatter.feed(from_entry(job_id, entry_id, fields))
             if len(entries) < page:
                 return
-            low = "(" + _s(entries[-1][0])
+            low = "(" + as_text(entries[-1][0])
 
     def _stream(
         self,
@@ -208,7 +206,7 @@ class OpenAIRoutes:
                         async for event in events:
                             for frame in formatter.feed(event):
                                 yield frame.encode()
-                            self.metrics.relayed(TRANSPORT, event.event_id, head)
+                            self.metrics.relayed(TRANSPORT, event.event_id, head.last)
                             if formatter.done:
                                 return
                 except StreamGoneError as exc:  # fell behind the stream cap: say so, then end
@@ -269,4 +267,4 @@ class OpenAIRoutes:
     @staticmethod
     async def _created_at(store: JobStore, job_id: str) -> int:
         raw = await cast(Awaitable[Any], store.redis.hget(store.keys.job(job_id), F_CREATED))
-        return int(float(_s(raw))) if raw is not None else int(time.time())
+        return int(float(as_text(raw))) if raw is not None else int(time.time())

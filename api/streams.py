@@ -5,14 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import cast
 
-from tokenspool.events import TERMINAL_TYPES, Event
+from tokenspool.events import TERMINAL_TYPES, Event, as_text
 from tokenspool.keys import E_TYPE
 from tokenspool.metrics import ApiMetrics
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore
-from tokenspool.tailer import tail
+from tokenspool.tailer import id_tuple, tail
 
 
 def tail_events(
@@ -30,27 +31,28 @@ def tail_events(
     return cast(AsyncGenerator[Event, None], events)
 
 
-def id_tuple(event_id: str) -> tuple[int, int]:
-    """A validated stream id (``parse_event_id``) as a comparable pair."""
-    ms, _, seq = event_id.partition("-")
-    return int(ms), int(seq or 0)
+@dataclass(frozen=True)
+class StreamHead:
+    """The stream's newest entry when a client connects."""
+
+    last: tuple[int, int]  # its id; (0, 0) for an empty stream
+    terminal: bool  # whether it is the job's terminal event
+
+    def ended_by(self, start: str) -> bool:
+        """True if a reader resuming after ``start`` has nothing left to read (it would
+        otherwise wait until the keys expire)."""
+        return start != "0" and self.terminal and self.last <= id_tuple(start)
 
 
-def _s(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-async def ended_by(store: JobStore, job_id: str, start: str) -> bool:
-    """True if the job's stream ends with its terminal event at or before ``start``: a reader
-    resuming there has nothing left to read (and would otherwise wait until the keys expire)."""
-    if start == "0":
-        return False
+async def stream_head(store: JobStore, job_id: str) -> StreamHead:
+    """Read the stream's newest entry once: what a client connecting now replays rather
+    than waits for, and whether the job already ended."""
     last = await store.redis.xrevrange(store.keys.events(job_id), "+", "-", count=1)
     if not last:
-        return False
+        return StreamHead((0, 0), terminal=False)
     entry_id, fields = last[0]
-    kind = {_s(k): _s(v) for k, v in fields.items()}.get(E_TYPE)
-    return kind in TERMINAL_TYPES and id_tuple(_s(entry_id)) <= id_tuple(start)
+    kind = {as_text(k): as_text(v) for k, v in fields.items()}.get(E_TYPE)
+    return StreamHead(id_tuple(as_text(entry_id)), terminal=kind in TERMINAL_TYPES)
 
 
 @contextmanager
@@ -66,10 +68,3 @@ def tracked(metrics: ApiMetrics, transport: str, start: str) -> Iterator[None]:
     finally:
         gauge.dec()
         metrics.stream_seconds.labels(transport).observe(time.monotonic() - began)
-
-
-async def stream_head(store: JobStore, job_id: str) -> tuple[int, int]:
-    """The id of the stream's newest entry now (``(0, 0)`` if empty): what a client connecting
-    now replays rather than waits for."""
-    last = await store.redis.xrevrange(store.keys.events(job_id), "+", "-", count=1)
-    return id_tuple(_s(last[0][0])) if last else (0, 0)

@@ -23,7 +23,7 @@ from tokenspool.settings import Settings
 from tokenspool.store import JobStore
 from tokenspool.tailer import check_retained, parse_event_id
 
-from .streams import ended_by, stream_head, tail_events, tracked
+from .streams import StreamHead, stream_head, tail_events, tracked
 
 TRANSPORT = "websocket"
 MAX_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes, 2 of them the code
@@ -46,14 +46,13 @@ def websocket_router(settings: Settings, metrics: ApiMetrics) -> APIRouter:
     router = APIRouter(tags=["jobs"])
 
     async def relay(
-        websocket: WebSocket, store: JobStore, job_id: str, start: str
+        websocket: WebSocket, store: JobStore, job_id: str, start: str, head: StreamHead
     ) -> tuple[int, str] | None:
         """Send the events up to the terminal one, each after the previous send completed (at
         most one XREAD batch held). Returns the close (code, reason), or None if the client
         left; a task listening for the client's disconnect runs alongside."""
         result: tuple[int, str] | None = None
         last = start
-        head = await stream_head(store, job_id)
 
         async def pump() -> None:
             nonlocal result, last
@@ -63,7 +62,7 @@ def websocket_router(settings: Settings, metrics: ApiMetrics) -> APIRouter:
                     async for event in events:
                         async with asyncio.timeout(settings.send_timeout_seconds):
                             await websocket.send_text(event.model_dump_json())
-                        metrics.relayed(TRANSPORT, event.event_id, head)
+                        metrics.relayed(TRANSPORT, event.event_id, head.last)
                         last = event.event_id or last
                 result = (1000, "job ended")
             except WebSocketDisconnect:
@@ -108,7 +107,8 @@ def websocket_router(settings: Settings, metrics: ApiMetrics) -> APIRouter:
                 await _close(websocket, 4404, str(JobNotFoundError(job_id)))
                 return
             await check_retained(store.redis, store.keys.events(job_id), start)
-            if await ended_by(store, job_id, start):
+            head = await stream_head(store, job_id)
+            if head.ended_by(start):
                 await _close(websocket, 1000, "job ended")
                 return
         except StreamGoneError as exc:
@@ -118,7 +118,7 @@ def websocket_router(settings: Settings, metrics: ApiMetrics) -> APIRouter:
             await _close(websocket, 1013, "Redis unavailable")
             return
         with tracked(metrics, TRANSPORT, start):
-            result = await relay(websocket, store, job_id, start)
+            result = await relay(websocket, store, job_id, start, head)
         if result is not None:
             await _close(websocket, *result)
 

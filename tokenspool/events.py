@@ -152,19 +152,20 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 TERMINAL_TYPES = frozenset({"job.completed", "job.failed", "job.cancelled"})
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply value as str (replies are bytes unless the client decodes them)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def from_entry(job_id: str, entry_id: Any, fields: dict[Any, Any]) -> Event:
     """Rebuild an event from a stream entry (as returned by XREAD/XRANGE)."""
-    decoded = {_text(k): _text(v) for k, v in fields.items()}
+    decoded = {as_text(k): as_text(v) for k, v in fields.items()}
     data = json.loads(decoded.get(keys.E_DATA, "{}"))
     data.update(
         type=decoded[keys.E_TYPE],
         attempt=int(decoded.get(keys.E_ATTEMPT, "0")),
         job_id=job_id,
-        event_id=_text(entry_id),
+        event_id=as_text(entry_id),
     )
     return EVENT_ADAPTER.validate_python(data)
 

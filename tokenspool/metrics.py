@@ -8,6 +8,8 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .tailer import id_tuple
+
 __all__ = ["CONTENT_TYPE", "ApiMetrics"]
 
 # label values: bounded sets, never ids or paths
@@ -83,10 +85,10 @@ class ApiMetrics:
         self.events_relayed.labels(transport).inc()
         if not event_id:
             return
-        ms, _, seq = event_id.partition("-")
-        if (int(ms), int(seq or 0)) <= head:
+        position = id_tuple(event_id)
+        if position <= head:
             self.events_replayed.labels(transport).inc()
-        self.consumer_lag.labels(transport).observe(max(0.0, time.time() - int(ms) / 1000))
+        self.consumer_lag.labels(transport).observe(max(0.0, time.time() - position[0] / 1000))
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format."""

@@ -14,13 +14,9 @@ from . import keys as k
 from . import scripts
 from .accumulator import Accumulator
 from .errors import FencedError, JobNotFoundError, JobStateError
-from .events import ErrorInfo, JobQueued, UsageInfo, from_entry
+from .events import ErrorInfo, JobQueued, UsageInfo, as_text, from_entry
 from .jobs import JobRequest, JobStatus, JobView, Output
 from .settings import Settings
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def events_url(job_id: str) -> str:
@@ -80,7 +76,7 @@ class JobStore:
             pipe.zadd(self.keys.jobs_index, {job_id: now})
             pipe.zremrangebyrank(self.keys.jobs_index, 0, -10_001)  # keep the newest 10,000
             result = await pipe.execute()
-        return _s(result[1])
+        return as_text(result[1])
 
     @property
     def lease_ms(self) -> int:
@@ -104,9 +100,9 @@ class JobStore:
                 str(owner_attempt) if owner_attempt else "",
             ],
         )
-        status = _s(res[0])
+        status = as_text(res[0])
         attempt = int(res[1]) if len(res) > 1 else 0
-        created = float(_s(res[2])) if len(res) > 2 else 0.0
+        created = float(as_text(res[2])) if len(res) > 2 else 0.0
         if status == "started":
             await self.redis.zadd(self.keys.running, {job_id: time.time() * 1000 + self.lease_ms})
         return StartResult(status=status, attempt=attempt, created_at=created)
@@ -135,7 +131,7 @@ class JobStore:
         ids = await self.redis.zrangebyscore(
             self.keys.running, "-inf", time.time() * 1000, start=0, num=limit
         )
-        return [_s(i) for i in ids]
+        return [as_text(i) for i in ids]
 
     async def forget_running(self, job_id: str) -> None:
         await self.redis.zrem(self.keys.running, job_id)
@@ -171,7 +167,7 @@ class JobStore:
             if str(exc).startswith("FENCED"):
                 raise FencedError(f"job {job_id}: {exc}") from exc
             raise
-        return _s(res)
+        return as_text(res)
 
     async def cancel(self, job_id: str, reason: str = "cancelled by request") -> str:
         """Record a cancel request; returns ``cancelled`` or ``cancelling``."""
@@ -186,7 +182,7 @@ class JobStore:
                 job_id,
             ],
         )
-        status = _s(res[0])
+        status = as_text(res[0])
         if status == "missing":
             raise JobNotFoundError(job_id)
         if status not in ("cancelled", "cancelling"):
@@ -194,7 +190,7 @@ class JobStore:
         return status
 
     async def cancel_requested(self, job_id: str) -> bool:
-        return _s(await self.redis.hget(self.keys.job(job_id), k.F_CANCEL) or "") == "1"
+        return as_text(await self.redis.hget(self.keys.job(job_id), k.F_CANCEL) or "") == "1"
 
     async def request(self, job_id: str) -> JobRequest:
         raw = await self.redis.hget(self.keys.job(job_id), k.F_REQUEST)
@@ -210,7 +206,7 @@ class JobStore:
         raw = await self.redis.hgetall(self.keys.job(job_id))
         if not raw:
             raise JobNotFoundError(job_id)
-        h = {_s(a): _s(b) for a, b in raw.items()}
+        h = {as_text(a): as_text(b) for a, b in raw.items()}
         status = JobStatus(h[k.F_STATUS])
         output: Output
         usage: UsageInfo | None = None
@@ -247,11 +243,11 @@ class JobStore:
                 acc.add(from_entry(job_id, entry_id, fields))
             if len(entries) < page:
                 return acc
-            start = "(" + _s(entries[-1][0])
+            start = "(" + as_text(entries[-1][0])
 
     async def recent(self, limit: int = 20) -> list[str]:
         ids = await self.redis.zrevrange(self.keys.jobs_index, 0, limit - 1)
-        return [_s(i) for i in ids]
+        return [as_text(i) for i in ids]
 
 
 def dumps(model: Any) -> str:

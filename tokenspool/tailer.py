@@ -46,7 +46,8 @@ def _ordinal(fields: dict[object, object]) -> int | None:
     return int(raw.decode() if isinstance(raw, bytes) else str(raw))
 
 
-def _id_tuple(value: str) -> tuple[int, int]:
+def id_tuple(value: str) -> tuple[int, int]:
+    """A stream id (``<ms>-<seq>``, or ``0``) as a comparable pair."""
     ms, _, seq = value.partition("-")
     return int(ms), int(seq or 0)
 
@@ -64,7 +65,7 @@ async def check_retained(redis: Redis, stream: str, after: str) -> None:
     if added <= length or not first:
         return
     first_id = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
-    if _id_tuple(after) < _id_tuple(first_id):
+    if id_tuple(after) < id_tuple(first_id):
         raise StreamGoneError(
             f"offset {after} is older than the retained events: {added - length} early events "
             f"were trimmed and the oldest kept is {first_id}; resume from a later id or read "
