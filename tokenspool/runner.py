@@ -257,9 +257,9 @@ async def _run_attempt(
                 if tracker is not None:
                     try:
                         parsed = tracker.finish()
-                    except OutputValidationError as exc:
+                    except OutputValidationError as invalid:
                         status = JobStatus.failed
-                        error = ErrorInfo(type="OutputValidationError", message=str(exc))
+                        error = ErrorInfo(type="OutputValidationError", message=str(invalid))
                         final = JobFailed(job_id=job_id, attempt=attempt, error=error)
             elif producing in done:
                 exc = producing.exception()
