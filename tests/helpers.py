@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -95,3 +96,45 @@ def worker_child(stack: Stack, worker: str) -> Child:
     """The stack's worker process named by a ``job.started`` event's ``worker`` (host:pid)."""
     pid = int(worker.rsplit(":", 1)[1])
     return next(w for w in stack.workers if w.pid == pid)
+
+
+async def drop_and_resume_consumer(
+    http: httpx.AsyncClient, job_id: str, rng: random.Random, max_batch: int
+) -> str:
+    """A raw SSE consumer that reads 1..max_batch events, drops the connection, and resumes with
+    ``Last-Event-ID``, until the terminal event; returns the content text it assembled."""
+    text: list[str] = []
+    last, done = "0", False
+    while not done:
+        budget = rng.randint(1, max_batch)  # events to read before this consumer "drops"
+        async with http.stream(
+            "GET", f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": last}
+        ) as response:
+            block: dict[str, str] = {}
+            async for line in response.aiter_lines():
+                if line == "":
+                    if "data" in block:
+                        data = json.loads(block["data"])
+                        last = block["id"]
+                        if data["type"] == "content.delta":
+                            text.append(data["text"])
+                        budget -= 1
+                        done = data["type"] == "job.completed"
+                        if done or budget == 0:
+                            break
+                    block = {}
+                elif not line.startswith(":"):
+                    name, _, value = line.partition(": ")
+                    block[name] = value
+    return "".join(text)
+
+
+def replace_worker(stack: Stack, worker: str, sig: int) -> Child:
+    """Send ``sig`` to the worker named by a ``job.started`` event, take it out of the stack and
+    start a fresh one in its place (so the stack keeps its size); returns the signalled child,
+    which the caller reaps."""
+    child = worker_child(stack, worker)
+    child.signal(sig)
+    stack.workers.remove(child)
+    stack.start_worker()
+    return child

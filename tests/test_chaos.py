@@ -13,7 +13,13 @@ from tokenspool.embedded import RedisServer
 from tokenspool.stack import start_stack
 
 from .conftest import ARTIFACTS, stack_dir
-from .helpers import Follower, expected, wait_until, worker_child
+from .helpers import (
+    Follower,
+    drop_and_resume_consumer,
+    expected,
+    replace_worker,
+    wait_until,
+)
 
 pytestmark = pytest.mark.chaos
 
@@ -69,36 +75,9 @@ async def test_200_consumers_dropping_at_random_points_reconstruct_the_exact_out
     job = await client.submit("fake-gpt", prompt)
     rng = random.Random(11)
 
-    async def consumer() -> str:
-        text: list[str] = []
-        last, done = "0", False
-        while not done:
-            budget = rng.randint(1, 60)
-            async with http.stream(
-                "GET", f"/v1/jobs/{job.id}/events", headers={"Last-Event-ID": last}
-            ) as response:
-                import json
-
-                block: dict[str, str] = {}
-                async for line in response.aiter_lines():
-                    if line == "":
-                        if "data" in block:
-                            data = json.loads(block["data"])
-                            last = block["id"]
-                            if data["type"] == "content.delta":
-                                text.append(data["text"])
-                            budget -= 1
-                            if data["type"] == "job.completed":
-                                done = True
-                            if done or budget == 0:
-                                break
-                        block = {}
-                    elif not line.startswith(":"):
-                        name, _, value = line.partition(": ")
-                        block[name] = value
-        return "".join(text)
-
-    results = await asyncio.gather(*(consumer() for _ in range(200)))
+    results = await asyncio.gather(
+        *(drop_and_resume_consumer(http, job.id, rng, 60) for _ in range(200))
+    )
 
     assert sum(r == want.text for r in results) == 200
 
@@ -114,12 +93,9 @@ async def test_killed_worker_fails_over_in_under_5_seconds_every_time(fault_stac
         follower = Follower(fclient, job.id)
         started = await follower.until(lambda e: e.type == "job.started")
         await follower.until(lambda e: e.type == "content.delta")
-        victim = worker_child(fault_stack, started.worker)
-        victim.signal(signal.SIGKILL)
-        killed = time.monotonic()
+        killed = time.monotonic()  # measured from just before the kill
+        victim = replace_worker(fault_stack, started.worker, signal.SIGKILL)
         assert victim.proc is not None and victim.proc.wait(5) == -signal.SIGKILL
-        fault_stack.workers.remove(victim)
-        fault_stack.start_worker()
         await follower.until(lambda e: e.type == "job.started" and e.attempt == 2)
         failovers.append(time.monotonic() - killed)
         events = await follower.done(within=60)

@@ -20,7 +20,7 @@ from tokenspool.events import Event
 from tokenspool.stack import Stack
 
 from .conftest import ARTIFACTS
-from .helpers import Follower, expected, fake_requests, wait_until, worker_child
+from .helpers import Follower, expected, fake_requests, replace_worker, wait_until, worker_child
 
 TERMINAL = ("job.completed", "job.failed", "job.cancelled")
 
@@ -57,13 +57,10 @@ async def test_killed_worker_job_completes_on_another_worker_after_retrying(
     follower = Follower(fclient, job.id)
     started = await follower.until(lambda e: e.type == "job.started")
     await follower.until(lambda e: e.type == "content.delta")
-    victim = worker_child(fault_stack, started.worker)
 
-    victim.signal(signal.SIGKILL)
-    killed_at = time.monotonic()
+    killed_at = time.monotonic()  # measured from just before the kill
+    victim = replace_worker(fault_stack, started.worker, signal.SIGKILL)
     assert victim.proc is not None and victim.proc.wait(5) == -signal.SIGKILL
-    fault_stack.workers.remove(victim)
-    fault_stack.start_worker()
     restarted = await follower.until(lambda e: e.type == "job.started" and e.attempt == 2)
     failover = time.monotonic() - killed_at
     events = await follower.done()
@@ -184,11 +181,8 @@ async def test_sigterm_hands_a_long_job_to_another_worker_after_the_grace_period
     follower = Follower(fclient, job.id)
     started = await follower.until(lambda e: e.type == "job.started")
     await follower.until(lambda e: e.type == "content.delta")
-    leaving = worker_child(fault_stack, started.worker)
 
-    leaving.signal(signal.SIGTERM)
-    fault_stack.workers.remove(leaving)
-    fault_stack.start_worker()
+    leaving = replace_worker(fault_stack, started.worker, signal.SIGTERM)
     try:
         events = await follower.done(within=40)
     finally:
@@ -209,11 +203,8 @@ async def test_sigterm_lets_a_short_job_finish_within_the_grace_period(
     job = await fclient.submit("fake-gpt", prompt)
     follower = Follower(fclient, job.id)
     started = await follower.until(lambda e: e.type == "job.started")
-    leaving = worker_child(fault_stack, started.worker)
 
-    leaving.signal(signal.SIGTERM)
-    fault_stack.workers.remove(leaving)
-    fault_stack.start_worker()
+    leaving = replace_worker(fault_stack, started.worker, signal.SIGTERM)
     try:
         events = await follower.done(within=30)
     finally:

@@ -14,7 +14,7 @@ from tokenspool.client import AsyncClient
 from tokenspool.connections import close, connect
 from tokenspool.stack import Stack
 
-from .helpers import expected, parse_sse, sse_events
+from .helpers import drop_and_resume_consumer, expected, parse_sse, sse_events
 
 
 async def test_sse_resumes_after_last_event_id_with_nothing_lost_or_repeated(
@@ -168,33 +168,8 @@ async def test_many_consumers_dropping_at_random_points_each_get_the_exact_outpu
     job = await client.submit("fake-gpt", prompt)
     rng = random.Random(7)
 
-    async def consumer() -> str:
-        text, last, done = [], "0", False
-        while not done:
-            budget = rng.randint(1, 30)  # events to read before this consumer "drops"
-            async with http.stream(
-                "GET", f"/v1/jobs/{job.id}/events", headers={"Last-Event-ID": last}
-            ) as response:
-                block: dict[str, str] = {}
-                async for line in response.aiter_lines():
-                    if line == "":
-                        if "data" in block:
-                            data = json.loads(block["data"])
-                            last = block["id"]
-                            if data["type"] == "content.delta":
-                                text.append(data["text"])
-                            if data["type"] == "job.completed":
-                                done = True
-                                break
-                            budget -= 1
-                            if budget == 0:
-                                break
-                        block = {}
-                    elif not line.startswith(":"):
-                        name, _, value = line.partition(": ")
-                        block[name] = value
-        return "".join(text)
-
-    results = await asyncio.gather(*(consumer() for _ in range(20)))
+    results = await asyncio.gather(
+        *(drop_and_resume_consumer(http, job.id, rng, 30) for _ in range(20))
+    )
 
     assert all(r == want.text for r in results)
