@@ -16,6 +16,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .tasks import stop_task
+
 log = logging.getLogger(__name__)
 
 
@@ -40,10 +42,7 @@ class CancelWatcher:
         self._task = asyncio.create_task(self._run(), name="cancel-watcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         while True:

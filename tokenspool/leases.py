@@ -10,13 +10,13 @@ process looks for running jobs whose lease deadline passed and starts their next
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
 from .store import JobStore
+from .tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,7 @@ class LeaseKeeper:
         self._task = asyncio.create_task(self._run(), name="lease-keeper")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def renew_now(self) -> None:
         held = dict(self._held)
@@ -89,10 +86,7 @@ class Reaper:
 
     async def stop(self) -> None:
         self.accepting = False
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def reap_once(self) -> int:
         free = self.capacity()

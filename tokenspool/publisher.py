@@ -9,7 +9,6 @@ read, and backpressure reaches it through TCP.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -19,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .errors import FencedError, TokenspoolError
 from .events import _Event
 from .store import JobStore
+from .tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,7 @@ class Publisher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     def _check(self) -> None:
         if self._error is not None:

@@ -17,6 +17,8 @@ from arq.connections import log_redis_info
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tokenspool.tasks import stop_task
+
 log = logging.getLogger("tokenspool.worker")
 
 
@@ -46,9 +48,7 @@ class WakeableWorker(Worker):
                     async with asyncio.timeout(self.poll_delay_s):
                         await self._wake.wait()
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await stop_task(listener)
 
     async def _listen(self) -> None:
         while True:
