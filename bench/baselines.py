@@ -2,9 +2,11 @@
 
 (a) ``litellm.acompletion(stream=True)`` in one process, the way tokenspool's worker calls it
 (``max_retries=0``, ``stream_options.include_usage``); (b) plain httpx reading the SSE lines and
-``json.loads`` of each chunk. Both consume the stack's fake provider over loopback, in the bench
-process. Per stream: wall time per content chunk, the consumer's CPU per chunk, and the fake
-provider's own CPU per chunk (the floor any consumer of this provider sits on).
+``json.loads`` of each chunk; (c) the same plus an XADD of each chunk as a tokenspool-shaped entry
+to the stack's Redis, pipelined 100 at a time: the plain-httpx + XADD limit a worker process is
+held against. All consume the stack's fake provider over loopback, in the bench process. Per
+stream: wall time per content chunk, the consumer's CPU per chunk, and the fake provider's own
+CPU per chunk (the floor any consumer of this provider sits on).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
 
 from tokenspool.provider import load_litellm
 
@@ -103,6 +106,63 @@ def httpx_consumer(client: httpx.AsyncClient) -> Consumer:
     return consume
 
 
+def httpx_xadd_consumer(client: httpx.AsyncClient, redis: Redis) -> Consumer:
+    """httpx + json.loads, then each content chunk XADDed to a stream, pipelined 100 at a time
+    with one pipeline in flight while the next fills (reading never waits on Redis)."""
+    batch = 100
+
+    async def consume(base: str, chunks: int, ttft_ms: int) -> Run:
+        started = time.perf_counter()
+        first = 0.0
+        n = 0
+        stream = f"bench:baseline:{next(_ids)}"
+        body = {
+            "model": "fake-gpt",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": _prompt(chunks, ttft_ms)}],
+        }
+        pipe = redis.pipeline(transaction=False)
+        in_flight: asyncio.Task[list[Any]] | None = None
+
+        async def send() -> None:
+            nonlocal pipe, in_flight
+            if in_flight is not None:
+                await in_flight
+            in_flight = asyncio.create_task(pipe.execute())
+            pipe = redis.pipeline(transaction=False)
+
+        async with client.stream("POST", base + "/v1/chat/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    break
+                choices = json.loads(data)["choices"]
+                if choices and choices[0]["delta"].get("content"):
+                    n += 1
+                    delta = json.dumps({"text": choices[0]["delta"]["content"]})
+                    pipe.xadd(stream, {"n": n, "t": "content.delta", "a": 1, "d": delta})
+                    if len(pipe) == batch:
+                        await send()
+                    if not first:
+                        first = time.perf_counter()
+        if len(pipe):
+            await send()
+        if in_flight is not None:
+            await in_flight
+        await redis.delete(stream)
+        return Run(started, first, time.perf_counter(), n)
+
+    return consume
+
+
+def key(name: str) -> str:
+    """A consumer's name as a metrics key part: ``httpx + XADD`` → ``httpx_xadd``."""
+    return name.replace(" + ", "_").lower()
+
+
 @dataclass
 class StreamCost:
     wall_per_chunk: float
@@ -179,16 +239,24 @@ async def run(ctx: Context, result: GroupResult) -> None:
         f"({ttft_samples} sequential calls, 5 chunks each)",
         ["consumer", "p50", "p99", "max"],
     )
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
-        consumers = {"litellm": litellm_consumer(), "httpx": httpx_consumer(client)}
+    redis = Redis.from_url(stack.redis_url, socket_timeout=30)
+    async with (
+        httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client,
+        redis,
+    ):
+        consumers = {
+            "litellm": litellm_consumer(),
+            "httpx": httpx_consumer(client),
+            "httpx + XADD": httpx_xadd_consumer(client, redis),
+        }
         costs: dict[str, StreamCost] = {}
         for name, consume in consumers.items():
             costs[name] = cost = await _single(consume, base, fake_pid, chunks, reps)
-            ctx.put(f"baseline.{name}.wall_per_chunk", cost.wall_per_chunk)
-            ctx.put(f"baseline.{name}.rate", cost.rate)
-            ctx.put(f"baseline.{name}.cpu_per_chunk", cost.cpu_per_chunk)
-            ctx.put(f"baseline.{name}.provider_cpu_per_chunk", cost.provider_cpu_per_chunk)
-            ctx.put(f"baseline.{name}.burst_first_content", cost.first_content)
+            ctx.put(f"baseline.{key(name)}.wall_per_chunk", cost.wall_per_chunk)
+            ctx.put(f"baseline.{key(name)}.rate", cost.rate)
+            ctx.put(f"baseline.{key(name)}.cpu_per_chunk", cost.cpu_per_chunk)
+            ctx.put(f"baseline.{key(name)}.provider_cpu_per_chunk", cost.provider_cpu_per_chunk)
+            ctx.put(f"baseline.{key(name)}.burst_first_content", cost.first_content)
         for name, cost in costs.items():
             table.add(
                 name,
@@ -201,15 +269,15 @@ async def run(ctx: Context, result: GroupResult) -> None:
             )
         for name, consume in consumers.items():
             aggregate = await _concurrent(consume, base, streams, concurrent_chunks)
-            ctx.put(f"baseline.{name}.concurrent_rate", aggregate)
+            ctx.put(f"baseline.{key(name)}.concurrent_rate", aggregate)
             conc.add(name, rate(aggregate), times(aggregate / costs[name].rate))
         for name, consume in consumers.items():
             s = await _ttft(consume, base, ttft_samples)
-            ctx.put(f"baseline.{name}.ttft_p50", s.p50)
-            ctx.put(f"baseline.{name}.ttft_p99", s.p99)
+            ctx.put(f"baseline.{key(name)}.ttft_p50", s.p50)
+            ctx.put(f"baseline.{key(name)}.ttft_p99", s.p99)
             ttft.add(name, ms(s.p50), ms(s.p99), ms(s.max))
     table.notes.append(
-        "Both consumers read the same bytes from the same fake provider process; the provider "
+        "All consumers read the same bytes from the same fake provider process; the provider "
         "and the consumer share the machine's two cores, so wall time per chunk is bounded by "
         "whichever of the two is slower. litellm's per-chunk cost is mostly the OpenAI SDK "
         "building pydantic objects plus litellm's chunk wrapper "

@@ -1,4 +1,5 @@
-"""Per-chunk relay latency vs the number of concurrent streams, at 20 chunks/s per stream.
+"""Per-chunk relay latency vs the number of concurrent streams, at 20 chunks/s per stream, and
+one worker holding 2,000 slow streams at 5 chunks/s.
 
 Relay latency of content chunk i = the client's receive time of its ``content.delta`` minus the
 time the provider handed chunk i to its HTTP server. The provider is the bench's clocked twin of
@@ -11,6 +12,7 @@ clock (``time.time()``). The Redis entry id splits the path in two legs: provide
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
@@ -26,7 +28,39 @@ from .stacks import CLOCKED_MODEL
 from .stats import Summary
 
 CHUNK_RATE = 20  # chunks per second per stream
+SLOW_RATE = 5  # chunks per second per stream, slow streams
+MAX_JOBS = 2500  # per worker: every stream of a level runs at once
 _ids = itertools.count()
+
+
+class PeakRss:
+    """Samples the resident memory of some processes every 0.25 s; keeps each one's peak."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.peak_kb = dict.fromkeys(pids, 0)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> PeakRss:
+        self._sample()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._sample()
+
+    def _sample(self) -> None:
+        for name, pid in self.pids.items():
+            self.peak_kb[name] = max(self.peak_kb[name], procstat.status_kb(pid, "VmRSS"))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            self._sample()
 
 
 @dataclass
@@ -45,6 +79,8 @@ class Level:
     chunks: int  # content chunks received (final attempts)
     redis: dict[str, float]  # INFO counter deltas over the level
     retries: int  # job.retrying events the consumers saw
+    rate: int = CHUNK_RATE  # chunks per second per stream
+    rss_kb: dict[str, int] = field(default_factory=dict)  # peak resident memory, by process
     errors: list[str] = field(default_factory=list)
 
     def cpu_per_chunk(self, prefix: str) -> float:
@@ -68,9 +104,11 @@ async def _stream(
         return prompt, None, f"{type(exc).__name__}: {exc}"
 
 
-async def level(ctx: Context, driver: Driver, streams: int, chunks: int) -> Level:
+async def level(
+    ctx: Context, driver: Driver, streams: int, chunks: int, rate: int = CHUNK_RATE
+) -> Level:
     run = next(_ids)
-    delay_ms = 1000 // CHUNK_RATE
+    delay_ms = 1000 // rate
     prompts = [
         f"relay-{run}-{streams}-{k} [fake chunks={chunks} delay_ms={delay_ms}]"
         for k in range(streams)
@@ -82,9 +120,10 @@ async def level(ctx: Context, driver: Driver, streams: int, chunks: int) -> Leve
     before = await redis_counters(driver)
     cpu.start()
     started = time.monotonic()
-    async with LoopLag() as lag:
+    rss = PeakRss({k: v for k, v in pids.items() if k.startswith("worker") or k == "api"})
+    async with LoopLag() as lag, rss:
         outcomes = await asyncio.gather(
-            *(_stream(driver, p, gate, within=chunks / CHUNK_RATE + 120) for p in prompts)
+            *(_stream(driver, p, gate, within=chunks / rate + 120) for p in prompts)
         )
     elapsed = time.monotonic() - started
     used = cpu.stop()
@@ -120,16 +159,19 @@ async def level(ctx: Context, driver: Driver, streams: int, chunks: int) -> Leve
         chunks=sum(len(log.content_at) for _, log in logs),
         redis={k: after[k] - before.get(k, 0.0) for k in after},
         retries=sum(log.retries for _, log in logs),
+        rate=rate,
+        rss_kb=rss.peak_kb,
         errors=[e for _, _, e in outcomes if e],
     )
 
 
 async def run(ctx: Context, result: GroupResult) -> None:
     stack = ctx.stack()
-    # one worker that may run every stream at once (the default max_jobs is 16)
-    stack.set_workers(1, {"TOKENSPOOL_MAX_JOBS": "1000"})
+    # one worker that may run every stream at once (the default max_jobs is 256)
+    stack.set_workers(1, {"TOKENSPOOL_MAX_JOBS": str(MAX_JOBS)})
     counts = ctx.size([10, 50, 100, 200, 500], [10, 50])
     chunks = ctx.size(160, 60)
+    slow_streams, slow_chunks = ctx.size(2000, 200), ctx.size(80, 30)
     driver = Driver(stack)
     levels: list[Level] = []
     try:
@@ -139,13 +181,14 @@ async def run(ctx: Context, result: GroupResult) -> None:
         for n in counts:
             levels.append(await level(ctx, driver, n, chunks))
             await asyncio.sleep(1)
+        slow = await level(ctx, driver, slow_streams, slow_chunks, SLOW_RATE)
     finally:
         await driver.aclose()
         stack.set_workers(1)
 
     table = result.table(
         f"Relay latency (provider send → client receive) at {CHUNK_RATE} chunks/s per stream, "
-        f"{chunks} chunks per stream, 1 worker (max_jobs 1000)",
+        f"{chunks} chunks per stream, 1 worker (max_jobs {MAX_JOBS})",
         [
             "streams",
             "chunks/s offered",
@@ -233,3 +276,52 @@ async def run(ctx: Context, result: GroupResult) -> None:
         "bound of its receive timestamps. CPU cores busy are averages over the level "
         "(1.00 = one core), from /proc/<pid>/stat."
     )
+
+    _slow_table(ctx, result, slow)
+
+
+def _slow_table(ctx: Context, result: GroupResult, lv: Level) -> None:
+    """One worker holding many slow streams: relay latency and the worker's peak memory."""
+    worker_kb = sum(v for k, v in lv.rss_kb.items() if k.startswith("worker"))
+    worker_cores = sum(v for k, v in lv.cores.items() if k.startswith("worker"))
+    table = result.table(
+        f"One worker holding {lv.streams:,} slow streams at {lv.rate} chunks/s each "
+        f"({lv.chunks:,} content chunks received, max_jobs {MAX_JOBS})",
+        [
+            "p50",
+            "p99",
+            "max",
+            "all streams running: p50 / p99 (window)",
+            "worker peak RSS",
+            "API peak RSS",
+            "CPU cores: worker / API / Redis / client",
+            "Redis round trips per chunk",
+            "restarted attempts",
+            "failed streams",
+        ],
+    )
+    st = lv.steady
+    table.add(
+        ms(lv.relay.p50),
+        ms(lv.relay.p99),
+        ms(lv.relay.max),
+        f"{ms(st.p50)} / {ms(st.p99)} ({lv.steady_seconds:.1f} s)" if st.n else "none",
+        f"{worker_kb / 1024:,.0f} MiB",
+        f"{lv.rss_kb.get('api', 0) / 1024:,.0f} MiB",
+        f"{worker_cores:.2f} / {lv.cores['api']:.2f} / {lv.cores['redis']:.2f} / "
+        f"{lv.cores['client']:.2f}",
+        num(lv.per_chunk("total_reads_processed")),
+        lv.retries,
+        f"{len(lv.errors)} of {lv.streams}",
+    )
+    for error in sorted(set(lv.errors))[:3]:
+        table.notes.append(f"error: {error}")
+    table.notes.append(
+        "Relay latency as above (provider send → client receive, every content chunk). Peak "
+        "RSS: the highest VmRSS of the process, sampled every 0.25 s during the run. Every "
+        "stream has its own SSE consumer in the bench process."
+    )
+    ctx.put("slow.streams", lv.streams)
+    ctx.put("slow.p99", lv.relay.p99)
+    ctx.put("slow.p50", lv.relay.p50)
+    ctx.put("slow.worker_rss_bytes", worker_kb * 1024)

@@ -62,6 +62,22 @@ TARGETS = [
         "relay p99 ≤ 15 ms, 500 streams at 20 chunks/s", "relay.500.p99", 0.015, True, ms, "same"
     ),
     Target(
+        "2,000 slow streams on one worker (5 chunks/s each): relay p99 ≤ 25 ms",
+        "slow.p99",
+        0.025,
+        True,
+        ms,
+        "provider send → client receive, every chunk, 1 worker holding every stream",
+    ),
+    Target(
+        "2,000 slow streams on one worker: worker RSS ≤ 600 MB",
+        "slow.worker_rss_bytes",
+        600e6,
+        True,
+        lambda v: f"{v / 1e6:,.0f} MB",
+        "peak VmRSS of the worker process during that run (MB = 10^6 B)",
+    ),
+    Target(
         "one worker ≥ 20,000 chunks/s",
         "tp.one_worker_rate",
         20_000,
@@ -76,6 +92,15 @@ TARGETS = [
         False,
         times,
         "the same figure ÷ litellm.acompletion consuming one stream in one process",
+    ),
+    Target(
+        "one worker ≥ 50% of the plain-httpx + XADD limit",
+        "tp.vs_httpx_xadd",
+        0.5,
+        False,
+        times,
+        "the same figure ÷ httpx + json.loads + pipelined XADD in one process (better of 1 and "
+        "16 streams)",
     ),
     Target(
         "Redis memory per finished 1,000-token job ≤ 64 KB",

@@ -231,6 +231,17 @@ async def run(ctx: Context, result: GroupResult) -> None:
     naive = ctx.get("baseline.litellm.rate")
     naive_concurrent = ctx.get("baseline.litellm.concurrent_rate")
     one = batches[0].rate
+    limit = max(
+        (
+            v
+            for v in (
+                ctx.get("baseline.httpx_xadd.rate"),
+                ctx.get("baseline.httpx_xadd.concurrent_rate"),
+            )
+            if v
+        ),
+        default=None,
+    )
     table = result.table(
         f"Chunks/s at saturation ({CHUNKS:,}-chunk jobs, no delay, all submitted at once, "
         f"default max_jobs: {MAX_JOBS} per worker)",
@@ -246,6 +257,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
             "vs 1 worker",
             "vs litellm direct, 1 stream",
             "vs litellm direct, concurrent",
+            "vs httpx + XADD limit",
             "worker cores busy",
             "fake provider cores busy",
         ],
@@ -264,6 +276,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
             "" if b.consumers else times(b.rate / one),
             times(b.rate / naive) if naive else "n/a",
             times(b.rate / naive_concurrent) if naive_concurrent else "n/a",
+            times(b.rate / limit) if limit else "n/a",
             num(b.worker_cpu() / wall),
             num(b.cpu.get("fake provider", math.nan) / wall),
         )
@@ -272,6 +285,8 @@ async def run(ctx: Context, result: GroupResult) -> None:
         "completed the jobs. A restarted attempt means a worker did not renew a job's lease "
         "in time (TOKENSPOOL_LEASE_SECONDS), so a worker took the job over and ran it again "
         "from the start: that work is in 'incl. restarted attempts' only. "
+        "httpx + XADD limit = the better of the baselines' single-stream and concurrent "
+        "rates for plain httpx + json.loads + pipelined XADD, in one process. "
         "litellm direct = the baselines' single stream and "
         "concurrent streams consumed by litellm in one process: the provider calls a worker "
         "makes, minus everything tokenspool adds. Cores busy = CPU seconds over the makespan "
@@ -281,6 +296,8 @@ async def run(ctx: Context, result: GroupResult) -> None:
     ctx.put("tp.one_worker_rate", consumed.rate)
     ctx.put("tp.one_worker_delivered_rate", consumed.delivered_rate)
     ctx.put("tp.vs_litellm", (consumed.rate / naive) if naive else None)
+    # the plain-httpx + XADD limit: the better of its single-stream and concurrent rates
+    ctx.put("tp.vs_httpx_xadd", (consumed.rate / limit) if limit else None)
     for b in batches:
         ctx.put(f"tp.workers.{b.workers}.rate", b.rate)
     ctx.series["scaling"] = [(b.workers, b.rate) for b in batches]
