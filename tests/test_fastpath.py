@@ -16,8 +16,9 @@ from tokenspool import fastpath
 from tokenspool.chunks import ChunkMapper
 from tokenspool.embedded import free_port, python_child
 from tokenspool.errors import ProviderError
+from tokenspool.events import ContentDelta
 from tokenspool.fastpath import FastOpenAIStream
-from tokenspool.provider import ProviderStream
+from tokenspool.provider import KEEP_CHUNKS, ProviderStream
 
 from .conftest import stack_dir
 
@@ -104,3 +105,23 @@ def test_fast_path_applies_only_to_plain_openai_compatible_models() -> None:
     assert not fastpath.applies({**base, "model": "anthropic/claude"})
     assert not fastpath.applies({"model": "openai/gpt-4o"})  # no api_base: litellm decides
     assert not fastpath.applies({**base, "extra_headers": {"x": "y"}})  # unknown option
+
+
+async def test_litellm_path_keeps_a_bounded_number_of_chunks(fake_base: str) -> None:
+    # litellm's stream wrapper would otherwise hold every chunk until the stream ends
+    params = {"model": "openai/fake-gpt", "api_base": fake_base, "api_key": "fake-key"}
+    prompt = {"messages": [{"role": "user", "content": "long [fake chunks=600]"}]}
+    stream = ProviderStream(params, prompt, 5.0)
+    mapper = ChunkMapper("job_x", 1)
+    held, contents = [], 0
+    try:
+        await stream.open()
+        async for chunk in stream.chunks():
+            contents += sum(isinstance(e, ContentDelta) for e in mapper.feed(chunk))
+            held.append(len(stream._response.chunks))
+        mapper.finish()
+    finally:
+        await stream.aclose()
+    assert contents == 600
+    assert mapper.usage is not None and mapper.usage.completion_tokens == 600
+    assert max(held) <= 2 * KEEP_CHUNKS

@@ -69,6 +69,9 @@ def provider_error(exc: BaseException) -> ProviderError:
     )
 
 
+KEEP_CHUNKS = 16  # chunks litellm's stream wrapper may keep (see _bound_kept_chunks)
+
+
 class ProviderStream:
     """One streaming chat completion; ``aclose()`` closes the upstream connection."""
 
@@ -122,7 +125,17 @@ class ProviderStream:
                 raise
             except Exception as exc:
                 raise provider_error(exc) from exc
+            self._bound_kept_chunks()
             yield chunk
+
+    def _bound_kept_chunks(self) -> None:
+        # litellm's stream wrapper appends every chunk to ``.chunks`` for its end-of-stream
+        # logging and usage rebuild, about 2.5 KB each for the life of the stream. The worker
+        # needs neither (usage comes from the provider's own usage chunk; no litellm callbacks
+        # are set); the wrapper's repetition check reads only the last two.
+        kept = getattr(self._response, "chunks", None)
+        if isinstance(kept, list) and len(kept) > 2 * KEEP_CHUNKS:
+            del kept[:-KEEP_CHUNKS]
 
     async def aclose(self) -> None:
         if self._response is not None and hasattr(self._response, "aclose"):
