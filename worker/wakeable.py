@@ -3,7 +3,8 @@
 arq polls its queue every ``poll_delay`` and, at each poll, re-checks every running job; a
 short poll buys pickup latency with CPU (docs/benchmarks.md). Here the API publishes on the
 wake channel after each enqueue, and the worker's loop waits for either that message or the
-(now long) poll delay. If a message is lost, the poll still finds the job.
+(now long) poll delay. If a message is lost, the poll still finds the job. A poll skips the jobs
+already running, so its cost does not grow with the streams a worker holds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 
 from arq import Worker
 from arq.connections import log_redis_info
+from arq.constants import in_progress_key_prefix
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -49,6 +51,22 @@ class WakeableWorker(Worker):
                         await self._wake.wait()
         finally:
             await stop_task(listener)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        # arq's poll reads every job id in the queue, the running ones included (a job leaves
+        # the queue when it ends), and checks each with WATCH, EXISTS and ZSCORE: three round
+        # trips per running job per poll, so a worker holding 2,000 streams spent its time
+        # re-checking them and a new job waited behind them. Here the jobs this worker runs
+        # are skipped, and those running elsewhere are found in one pipelined round trip;
+        # arq's own check still guards the rest.
+        fresh = [j for j in job_ids if j.decode() not in self.tasks]
+        if not fresh:
+            return
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for job_id in fresh:
+                pipe.exists(in_progress_key_prefix + job_id.decode())
+            running = await pipe.execute()
+        await super().start_jobs([j for j, busy in zip(fresh, running, strict=True) if not busy])
 
     async def _listen(self) -> None:
         while True:
