@@ -11,6 +11,7 @@ import uvloop
 from arq import Worker
 from arq.worker import func
 
+from tokenspool import fastpath
 from tokenspool.cancellation import CancelWatcher
 from tokenspool.connections import connect, job_deserializer, job_serializer
 from tokenspool.errors import JobNotFoundError
@@ -109,6 +110,7 @@ def build_worker(settings: Settings) -> Worker:
             await asyncio.gather(*pending, return_exceptions=True)
         await run_ctx.leases.stop()
         await run_ctx.cancels.stop()
+        await fastpath.aclose()
 
     return WakeableWorker(
         functions=[func(_run_job, name=RUN_JOB)],
