@@ -42,6 +42,7 @@ from .settings import Settings
 from .store import JobStore
 from .structured import OutputValidationError, StructuredTracker, json_schema_of
 from .worker_metrics import WorkerMetrics
+from .writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class RunContext:
     models: ModelList
     cancels: CancelWatcher
     leases: LeaseKeeper
+    writer: Writer
     worker: str
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     taking_over: set[str] = field(default_factory=set)
@@ -187,7 +189,7 @@ async def _run_attempt(
     parsed: object = None
 
     async with Publisher(
-        ctx.store,
+        ctx.writer,
         job_id,
         attempt,
         max_pending=settings.max_pending_events,

@@ -26,6 +26,7 @@ from tokenspool.runner import RunContext, run_job, worker_name
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore
 from tokenspool.worker_metrics import WorkerMetrics
+from tokenspool.writer import Writer
 
 from .wakeable import WakeableWorker
 
@@ -54,12 +55,15 @@ def build_worker(settings: Settings) -> Worker:
         cancels.start()
         leases = LeaseKeeper(store)
         leases.start()
+        writer = Writer(store)
+        writer.start()
         run_ctx = RunContext(
             settings=settings,
             store=store,
             models=models,
             cancels=cancels,
             leases=leases,
+            writer=writer,
             worker=worker_name(),
             metrics=WorkerMetrics(),
         )
@@ -108,6 +112,7 @@ def build_worker(settings: Settings) -> Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await run_ctx.writer.stop()
         await run_ctx.leases.stop()
         await run_ctx.cancels.stop()
         await fastpath.aclose()

@@ -1,0 +1,135 @@
+"""One Redis writer per worker process: every attempt's pending events in one round trip.
+
+Each attempt's :class:`~tokenspool.publisher.Publisher` keeps its events in order, numbers its
+writes, retries them and gives up after the outage deadline; it has at most one write request
+outstanding. The writer takes the next request of every publisher that has events pending and
+sends them all as one pipelined round trip (``transaction=False``: one EVALSHA of the fenced
+WRITE script per job, each job's keys in one hash slot). When no round trip is in flight, a
+request goes out at once; while one is, new requests gather for the next. A worker with
+hundreds of paced streams, each chunk arriving alone, so pays one round trip per wake-up
+instead of one per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from redis.exceptions import NoScriptError
+
+from . import scripts
+from .errors import TokenspoolError
+from .store import JobStore
+from .tasks import stop_task
+
+log = logging.getLogger(__name__)
+
+MAX_REQUESTS = 512  # script calls in one round trip (each carries at most MAX_BATCH events)
+
+
+class WriterStoppedError(TokenspoolError):
+    """The process's writer stopped (worker shutdown) before a write was answered."""
+
+
+class Source(Protocol):
+    """What the writer needs from a publisher."""
+
+    def next_request(self) -> tuple[list[str], list[Any]] | None:
+        """Keys and args of the WRITE script call to send now (a retry repeats the last)."""
+
+    def answered(self, reply: Any) -> None:
+        """The script's reply: the last entry id, or a ResponseError (FENCED, ...)."""
+
+    def failed(self, exc: BaseException) -> None:
+        """The round trip carrying this source's request failed (connection lost, ...)."""
+
+
+class Writer:
+    """Sends every ready publisher's next write request, pipelined, one round trip at a time."""
+
+    def __init__(self, store: JobStore, *, max_requests: int = MAX_REQUESTS) -> None:
+        self.store = store
+        self.max_requests = max_requests
+        self._sha = store.write_sha
+        # sources with a request to send, in arrival order; each at most once
+        self._ready: dict[Source, None] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.round_trips = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="redis-writer")
+
+    async def stop(self) -> None:
+        self._stopped = True
+        await stop_task(self._task)
+        stopped = WriterStoppedError("the worker's Redis writer stopped")
+        ready, self._ready = list(self._ready), {}
+        for source in ready:
+            source.failed(stopped)
+
+    def ready(self, source: Source) -> None:
+        """``source`` has a request to send (sent with the next round trip)."""
+        if self._stopped:
+            source.failed(WriterStoppedError("the worker's Redis writer stopped"))
+            return
+        self._ready[source] = None
+        self._wake.set()
+
+    def discard(self, source: Source) -> None:
+        self._ready.pop(source, None)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._ready:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch: list[Source] = []
+            calls: list[tuple[list[str], list[Any]]] = []
+            while self._ready and len(batch) < self.max_requests:
+                source = next(iter(self._ready))
+                del self._ready[source]
+                call = source.next_request()
+                if call is not None:
+                    batch.append(source)
+                    calls.append(call)
+            if batch:
+                await self._send(batch, calls)
+
+    async def _send(self, batch: list[Source], calls: list[tuple[list[str], list[Any]]]) -> None:
+        try:
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(self._sha, len(keys), *keys, *args)
+                self.round_trips += 1
+                replies = await pipe.execute(raise_on_error=False)
+        except asyncio.CancelledError:
+            stopped = WriterStoppedError("the worker's Redis writer stopped mid-write")
+            for source in batch:
+                source.failed(stopped)
+            raise
+        except Exception as exc:  # every source decides: retry (connection lost) or fail
+            for source in batch:
+                source.failed(exc)
+            return
+        missing = []
+        for source, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                missing.append(source)
+            else:
+                source.answered(reply)
+        if missing:
+            # Redis lost its script cache (restart, SCRIPT FLUSH): nothing of these calls ran;
+            # load the script and send the same requests again with the next round trip
+            log.warning("WRITE script missing in Redis; loading it")
+            try:
+                self._sha = await self.store.redis.script_load(scripts.WRITE)
+            except Exception as exc:  # as above: each source retries or fails on its own
+                for source in missing:
+                    source.failed(exc)
+                return
+            for source in missing:
+                self.ready(source)
