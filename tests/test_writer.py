@@ -219,3 +219,21 @@ async def test_publisher_cut_off_past_the_outage_deadline_fails_with_publish_err
     await pub.publish(delta(job_id, "never"))
     with pytest.raises(PublishError):
         await pub.flush()
+
+
+async def test_producer_that_never_waits_still_lets_the_writer_run(
+    store: JobStore, redis: Redis, make_writer: MakeWriter
+) -> None:
+    writer = await make_writer(store)
+    job_id = await running_job(store)
+    # a buffer that never fills: only the publisher's own yields let other tasks run
+    pub = Publisher(writer, job_id, 1, max_pending=100_000)
+    sent_while_publishing = []
+
+    for i in range(2_000):
+        await pub.publish(delta(job_id, str(i)))
+        sent_while_publishing.append(writer.round_trips)
+    await pub.flush()
+
+    assert sent_while_publishing[-1] > 0
+    assert len(await texts(redis, store, job_id)) == 2_000

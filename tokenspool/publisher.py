@@ -30,6 +30,7 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256  # events per script call
+YIELD_EVERY = 64  # events a producer may publish before it lets the loop run the others
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -76,6 +77,7 @@ class Publisher:
         self._seq = 0
         self._error: BaseException | None = None
         self._closed = False
+        self._unyielded = 0
         self.written = 0
         self.round_trips = 0  # script calls sent (retries included)
 
@@ -103,6 +105,7 @@ class Publisher:
         """Queue an event (waits while the buffer is full). Raises if the attempt was fenced."""
         self._check()
         while len(self._pending) >= self.max_pending:
+            self._unyielded = 0
             await self._wait_progress()
             self._check()
         fields = event.to_fields()
@@ -110,8 +113,12 @@ class Publisher:
         if self._call is None:
             self.writer.ready(self)
         # a provider that never makes the reader wait would otherwise starve the writer and
-        # the lease renewals on this loop (docs/benchmarks.md)
-        await asyncio.sleep(0)
+        # the lease renewals on this loop (docs/benchmarks.md); a paced stream waits for each
+        # chunk anyway, so a yield per event would only cost it a loop pass per chunk
+        self._unyielded += 1
+        if self._unyielded >= YIELD_EVERY:
+            self._unyielded = 0
+            await asyncio.sleep(0)
 
     async def flush(self) -> None:
         """Wait until every queued event is in Redis (or raise the writer's error)."""

@@ -16,7 +16,9 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
 from .errors import TokenspoolError
@@ -26,6 +28,7 @@ from .tasks import stop_task
 log = logging.getLogger(__name__)
 
 MAX_REQUESTS = 512  # script calls in one round trip (each carries at most MAX_BATCH events)
+ROUND_TRIP_SECONDS = 10.0  # deadline of one round trip; the publishers then retry or give up
 
 
 class WriterStoppedError(TokenspoolError):
@@ -48,9 +51,20 @@ class Source(Protocol):
 class Writer:
     """Sends every ready publisher's next write request, pipelined, one round trip at a time."""
 
-    def __init__(self, store: JobStore, *, max_requests: int = MAX_REQUESTS) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        redis: Redis | None = None,
+        *,
+        max_requests: int = MAX_REQUESTS,
+        timeout: float = ROUND_TRIP_SECONDS,
+    ) -> None:
+        """``redis``: the client to send with (default: the store's); best one made with
+        ``connect(..., caller_bounds_waits=True)``, since each round trip has a deadline here."""
         self.store = store
+        self.redis = redis if redis is not None else store.redis
         self.max_requests = max_requests
+        self.timeout = timeout
         self._sha = store.write_sha
         # sources with a request to send, in arrival order; each at most once
         self._ready: dict[Source, None] = {}
@@ -101,11 +115,18 @@ class Writer:
 
     async def _send(self, batch: list[Source], calls: list[tuple[list[str], list[Any]]]) -> None:
         try:
-            async with self.store.redis.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    pipe.evalsha(self._sha, len(keys), *keys, *args)
-                self.round_trips += 1
-                replies = await pipe.execute(raise_on_error=False)
+            async with asyncio.timeout(self.timeout):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        pipe.evalsha(self._sha, len(keys), *keys, *args)
+                    self.round_trips += 1
+                    replies = await pipe.execute(raise_on_error=False)
+        except TimeoutError as exc:  # redis-py dropped the connection when it was cancelled
+            late = RedisTimeoutError(f"no answer from Redis within {self.timeout}s")
+            late.__cause__ = exc
+            for source in batch:
+                source.failed(late)
+            return
         except asyncio.CancelledError:
             stopped = WriterStoppedError("the worker's Redis writer stopped mid-write")
             for source in batch:
@@ -126,7 +147,7 @@ class Writer:
             # load the script and send the same requests again with the next round trip
             log.warning("WRITE script missing in Redis; loading it")
             try:
-                self._sha = await self.store.redis.script_load(scripts.WRITE)
+                self._sha = await self.redis.script_load(scripts.WRITE)
             except Exception as exc:  # as above: each source retries or fails on its own
                 for source in missing:
                     source.failed(exc)

@@ -13,7 +13,7 @@ from arq.worker import func
 
 from tokenspool import fastpath
 from tokenspool.cancellation import CancelWatcher
-from tokenspool.connections import connect, job_deserializer, job_serializer
+from tokenspool.connections import close, connect, job_deserializer, job_serializer
 from tokenspool.errors import JobNotFoundError
 from tokenspool.jobs import JobPayload
 from tokenspool.keys import Keys
@@ -41,6 +41,8 @@ async def _run_job(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
 def build_worker(settings: Settings) -> Worker:
     models = ModelList.load(settings.models_file)
     pool = connect(settings)
+    # the process's one event writer: a round trip at a time, each under its own deadline
+    writer_redis = connect(settings, max_connections=4, caller_bounds_waits=True)
 
     takeovers: set[asyncio.Task[str]] = set()
 
@@ -55,7 +57,7 @@ def build_worker(settings: Settings) -> Worker:
         cancels.start()
         leases = LeaseKeeper(store)
         leases.start()
-        writer = Writer(store)
+        writer = Writer(store, writer_redis)
         writer.start()
         run_ctx = RunContext(
             settings=settings,
@@ -113,6 +115,7 @@ def build_worker(settings: Settings) -> Worker:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await run_ctx.writer.stop()
+        await close(writer_redis)
         await run_ctx.leases.stop()
         await run_ctx.cancels.stop()
         await fastpath.aclose()
