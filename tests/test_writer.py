@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 
 from tokenspool import scripts
 from tokenspool.connections import close, connect
@@ -22,7 +23,7 @@ from tokenspool.jobs import JobRequest, new_job_id
 from tokenspool.publisher import Publisher, PublishError
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore
-from tokenspool.writer import Writer
+from tokenspool.writer import Writer, pack
 
 from .helpers import wait_until
 from .proxy import DroppingProxy
@@ -237,3 +238,12 @@ async def test_producer_that_never_waits_still_lets_the_writer_run(
 
     assert sent_while_publishing[-1] > 0
     assert len(await texts(redis, store, job_id)) == 2_000
+
+
+def test_writer_packs_commands_exactly_as_redis_py_does() -> None:
+    commands = [
+        ("EVALSHA", "a" * 40, 2, "tokenspool:job:{j}", "tokenspool:events:{j}", 1, 100_000),
+        ("EVALSHA", "b" * 40, 2, "k1", "k2", 0, "", "1700000000.25", '{"text":"héllo 🤔\\n"}'),
+    ]
+
+    assert pack(commands) == b"".join(Connection().pack_commands(commands))

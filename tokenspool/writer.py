@@ -16,6 +16,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, ResponseError
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 
 MAX_REQUESTS = 512  # script calls in one round trip (each carries at most MAX_BATCH events)
 ROUND_TRIP_SECONDS = 10.0  # deadline of one round trip; the publishers then retry or give up
+
+
+def pack(commands: list[tuple[Any, ...]]) -> bytes:
+    """The commands in the Redis protocol, packed by hiredis (in C; redis-py's asyncio
+    connection packs in Python, about 8 µs per WRITE call against 1 µs here)."""
+    return b"".join([hiredis.pack_command(command) for command in commands])
 
 
 class WriterStoppedError(TokenspoolError):
@@ -127,7 +134,7 @@ class Writer:
         if self._conn is None:
             self._conn = await self.redis.connection_pool.get_connection()
         conn = self._conn
-        await conn.send_packed_command(conn.pack_commands(commands))
+        await conn.send_packed_command(pack(commands))
         self.round_trips += 1
         replies: list[Any] = []
         for _ in commands:
