@@ -17,6 +17,7 @@ timeout is aiohttp's per-read socket timeout (``sock_read``), not a timer per ch
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -67,7 +68,9 @@ def _http() -> aiohttp.ClientSession:
         _session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
             timeout=aiohttp.ClientTimeout(total=None),  # per request below
-            trust_env=True,  # proxy settings from the environment, as httpx did
+            # proxies from the environment, as httpx did; aiohttp then looks them (and netrc)
+            # up in a thread for every request, so only when some are set
+            trust_env=bool(urllib.request.getproxies()),
         )
     return _session
 
