@@ -102,17 +102,6 @@ def backoff(settings: Settings, attempt: int, retry_after: float | None) -> floa
     return delay
 
 
-async def _wait_cancel(ctx: RunContext, job_id: str, event: asyncio.Event) -> None:
-    """Returns when a cancel was requested: pub/sub wake-up, or the periodic flag check."""
-    while True:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(ctx.settings.cancel_check_seconds):
-                await event.wait()
-                return
-        if await ctx.store.cancel_requested(job_id):
-            return
-
-
 async def run_job(ctx: RunContext, payload: JobPayload, reason: str = "worker lost") -> str:
     """Run ``payload`` to its end (or until another worker owns it); returns the outcome."""
     job_id = payload.job_id
@@ -232,7 +221,8 @@ async def _run_attempt(
             await pub.flush()
 
         producing = asyncio.create_task(produce(), name=f"produce:{job_id}")
-        watching = asyncio.create_task(_wait_cancel(ctx, job_id, cancel_event))
+        # set by the process's cancel watcher (pub/sub, or its periodic check of the flags)
+        watching = asyncio.create_task(cancel_event.wait())
         losing = asyncio.create_task(lost.wait())
         final: _Event
         status: JobStatus

@@ -210,6 +210,14 @@ class JobStore:
     async def cancel_requested(self, job_id: str) -> bool:
         return as_text(await self.redis.hget(self.keys.job(job_id), k.F_CANCEL) or "") == "1"
 
+    async def cancels_requested(self, job_ids: list[str]) -> list[bool]:
+        """``cancel_requested`` of each job, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), k.F_CANCEL)
+            flags = await pipe.execute()
+        return [as_text(flag or "") == "1" for flag in flags]
+
     async def request(self, job_id: str) -> JobRequest:
         raw = await self.redis.hget(self.keys.job(job_id), k.F_REQUEST)
         if raw is None:

@@ -53,7 +53,9 @@ def build_worker(settings: Settings) -> Worker:
         gc.collect()
         gc.freeze()
         store = JobStore(pool, settings)
-        cancels = CancelWatcher(pool, store.keys.cancel_channel)
+        cancels = CancelWatcher(
+            pool, store.keys.cancel_channel, store.cancels_requested, settings.cancel_check_seconds
+        )
         cancels.start()
         leases = LeaseKeeper(store)
         leases.start()
