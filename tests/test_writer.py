@@ -175,7 +175,7 @@ async def proxied(
         await close(client)
 
 
-async def test_write_cut_off_from_redis_is_sent_again_and_applied_once(
+async def test_write_cut_off_from_redis_is_sent_again_in_order(
     store: JobStore,
     redis: Redis,
     proxied: tuple[JobStore, DroppingProxy],
@@ -247,3 +247,110 @@ def test_writer_packs_commands_exactly_as_redis_py_does() -> None:
     ]
 
     assert pack(commands) == b"".join(Connection().pack_commands(commands))
+
+
+async def test_round_trip_past_its_deadline_is_sent_again(
+    store: JobStore,
+    redis: Redis,
+    proxied: tuple[JobStore, DroppingProxy],
+) -> None:
+    via, proxy = proxied
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass  # a Redis that reads everything and never answers
+        writer.close()
+
+    black_hole = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    writer = Writer(via, timeout=0.2)
+    writer.start()
+    try:
+        job_id = await running_job(store)
+        async with Publisher(writer, job_id, 1) as pub:
+            await pub.publish(delta(job_id, "0"))
+            await pub.flush()
+            redis_port = proxy.target_port
+            proxy.target_port = black_hole.sockets[0].getsockname()[1]
+            proxy.drop_all()
+            await pub.publish(delta(job_id, "1"))
+
+            async def timed_out_and_retried() -> bool:
+                return pub.round_trips >= 3
+
+            await wait_until(timed_out_and_retried, timeout=10)
+            proxy.target_port = redis_port
+            await pub.flush()
+
+        assert await texts(redis, store, job_id) == ['{"text":"0"}', '{"text":"1"}']
+    finally:
+        await writer.stop()
+        black_hole.close()
+        await black_hole.wait_closed()
+
+
+class MutingProxy:
+    """Forwards to Redis; while ``mute`` is set, Redis's replies are dropped (requests pass)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.mute = False
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, muted: bool) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await src.read(65536):
+                    if not (muted and self.mute):
+                        dst.write(data)
+                        await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    async def stop(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_write_applied_but_unanswered_is_sent_again_with_its_seq_and_applied_once(
+    settings: Settings, store: JobStore, redis: Redis
+) -> None:
+    proxy = MutingProxy(int(settings.redis_url.rsplit(":", 1)[1].split("/")[0]))
+    port = await proxy.start()
+    via_settings = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+    via = connect(via_settings, caller_bounds_waits=True)
+    writer = Writer(JobStore(via, via_settings), via, timeout=0.3)
+    writer.start()
+    try:
+        job_id = await running_job(store)
+        async with Publisher(writer, job_id, 1) as pub:
+            await pub.publish(delta(job_id, "0"))
+            await pub.flush()
+            proxy.mute = True  # the next write reaches Redis; its answer is lost
+            await pub.publish(delta(job_id, "1"))
+
+            async def sent_again() -> bool:
+                return pub.round_trips >= 3
+
+            await wait_until(sent_again, timeout=10)
+            proxy.mute = False
+            await pub.flush()
+            await pub.publish(delta(job_id, "2"))
+            await pub.flush()
+
+        assert await texts(redis, store, job_id) == [f'{{"text":"{i}"}}' for i in range(3)]
+    finally:
+        await writer.stop()
+        await close(via)
+        await proxy.stop()

@@ -96,8 +96,8 @@ class Publisher:
             raise self._error
 
     async def _wait_progress(self) -> None:
-        # bounded: every outstanding call ends, in an answer or in a failure, by the socket
-        # timeout of its round trip, and retries end at the outage deadline
+        # bounded: every outstanding call ends, in an answer or in a failure, by the writer's
+        # deadline for its round trip, and retries end at the outage deadline
         self._progress.clear()
         await self._progress.wait()
 

@@ -118,12 +118,22 @@ class Writer:
             while self._ready and len(batch) < self.max_requests:
                 source = next(iter(self._ready))
                 del self._ready[source]
-                call = source.next_request()
+                try:
+                    call = source.next_request()
+                except Exception as exc:  # that source's bug must not stop every other one
+                    source.failed(exc)
+                    continue
                 if call is not None:
                     batch.append(source)
                     calls.append(call)
             if batch:
                 await self._send(batch, calls)
+
+    def _late(self, exc: TimeoutError) -> RedisTimeoutError:
+        """Our deadline, as the Redis timeout the publishers retry on."""
+        late = RedisTimeoutError(f"no answer from Redis within {self.timeout}s")
+        late.__cause__ = exc
+        return late
 
     async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         # What redis-py's Pipeline(transaction=False).execute() does, on a connection held
@@ -150,10 +160,8 @@ class Writer:
             async with asyncio.timeout(self.timeout):
                 replies = await self._round_trip(commands)
         except TimeoutError as exc:  # redis-py dropped the connection when it was cancelled
-            late = RedisTimeoutError(f"no answer from Redis within {self.timeout}s")
-            late.__cause__ = exc
             for source in batch:
-                source.failed(late)
+                source.failed(self._late(exc))
             return
         except asyncio.CancelledError:
             stopped = WriterStoppedError("the worker's Redis writer stopped mid-write")
@@ -175,10 +183,12 @@ class Writer:
             # load the script and send the same requests again with the next round trip
             log.warning("WRITE script missing in Redis; loading it")
             try:
-                self._sha = await self.redis.script_load(scripts.WRITE)
+                async with asyncio.timeout(self.timeout):
+                    self._sha = await self.redis.script_load(scripts.WRITE)
             except Exception as exc:  # as above: each source retries or fails on its own
+                error = self._late(exc) if isinstance(exc, TimeoutError) else exc
                 for source in missing:
-                    source.failed(exc)
+                    source.failed(error)
                 return
             for source in missing:
                 self.ready(source)
