@@ -41,6 +41,11 @@ class WorkerMetrics:
             "Fenced write script calls to Redis (pipelined: many jobs share a round trip)",
             registry=r,
         )
+        self.redis_round_trips = Counter(
+            "tokenspool_worker_redis_round_trips",
+            "Round trips of the process's event writer to Redis (each carries many jobs' writes)",
+            registry=r,
+        )
         self.active = Gauge(
             "tokenspool_worker_active_streams", "Provider streams running now", registry=r
         )

@@ -56,6 +56,10 @@ class Source(Protocol):
         """The round trip carrying this source's request failed (connection lost, ...)."""
 
 
+class _Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
 class Writer:
     """Sends every ready publisher's next write request, pipelined, one round trip at a time."""
 
@@ -66,6 +70,7 @@ class Writer:
         *,
         max_requests: int = MAX_REQUESTS,
         timeout: float = ROUND_TRIP_SECONDS,
+        counter: _Counter | None = None,
     ) -> None:
         """``redis``: the client to send with (default: the store's); best one made with
         ``connect(..., caller_bounds_waits=True)``, since each round trip has a deadline here."""
@@ -73,6 +78,7 @@ class Writer:
         self.redis = redis if redis is not None else store.redis
         self.max_requests = max_requests
         self.timeout = timeout
+        self.counter = counter  # counts round trips too (a metric)
         self._sha = store.write_sha
         # sources with a request to send, in arrival order; each at most once
         self._ready: dict[Source, None] = {}
@@ -146,6 +152,8 @@ class Writer:
         conn = self._conn
         await conn.send_packed_command(pack(commands))
         self.round_trips += 1
+        if self.counter is not None:
+            self.counter.inc()
         replies: list[Any] = []
         for _ in commands:
             try:

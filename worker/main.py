@@ -59,7 +59,8 @@ def build_worker(settings: Settings) -> Worker:
         cancels.start()
         leases = LeaseKeeper(store)
         leases.start()
-        writer = Writer(store, writer_redis)
+        metrics = WorkerMetrics()
+        writer = Writer(store, writer_redis, counter=metrics.redis_round_trips)
         writer.start()
         run_ctx = RunContext(
             settings=settings,
@@ -69,7 +70,7 @@ def build_worker(settings: Settings) -> Worker:
             leases=leases,
             writer=writer,
             worker=worker_name(),
-            metrics=WorkerMetrics(),
+            metrics=metrics,
         )
 
         async def take_over(job_id: str) -> None:
