@@ -4,6 +4,12 @@ arq polls its queue every ``poll_delay`` and, at each poll, re-checks every runn
 short poll buys pickup latency with CPU (docs/benchmarks.md). Here the API publishes on the
 wake channel after each enqueue, and the worker's loop waits for either that message or the
 (now long) poll delay. If a message is lost, the poll still finds the job.
+
+A job stays in arq's queue while it runs, and arq's ``start_jobs`` checks each queued id with
+four round trips (WATCH, EXISTS, ZSCORE, UNWATCH) before it sees the job is in progress: with
+200 streams running and 4 polls a second, 3,200 round trips a second for nothing. Ids that run
+in this process, or whose in-progress key exists, are dropped first (one pipelined EXISTS for
+all of them); arq still claims the others under WATCH, so the filter only saves work.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 
 from arq import Worker
 from arq.connections import log_redis_info
+from arq.constants import in_progress_key_prefix
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -49,6 +56,20 @@ class WakeableWorker(Worker):
                         await self._wake.wait()
         finally:
             await stop_task(listener)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        candidates = []
+        for job_id in job_ids:
+            task = self.tasks.get(job_id.decode())
+            if task is None or task.done():  # a done one may have been queued again (retry)
+                candidates.append(job_id)
+        if candidates:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for job_id in candidates:
+                    pipe.exists(in_progress_key_prefix + job_id.decode())
+                running = await pipe.execute()
+            candidates = [j for j, busy in zip(candidates, running, strict=True) if not busy]
+        await super().start_jobs(candidates)
 
     async def _listen(self) -> None:
         while True:
