@@ -7,6 +7,8 @@ import typing
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tokenspool import events as ev
@@ -174,3 +176,13 @@ def test_events_are_frozen() -> None:
     with pytest.raises(ValidationError):
         # setattr: a plain assignment is a type error under the pydantic mypy plugin
         setattr(event, "text", "changed")  # noqa: B010
+
+
+@given(text=st.text())
+@pytest.mark.parametrize("cls", [ev.ContentDelta, ev.ReasoningDelta], ids=lambda c: c.__name__)
+def test_text_delta_entry_built_directly_equals_the_generic_entry(
+    cls: type[ev._Event], text: str
+) -> None:
+    event = cls(job_id=JOB_ID, attempt=3, text=text)
+
+    assert event.to_fields() == ev._Event.to_fields(event)

@@ -7,7 +7,7 @@ the event sequences (or the error class, for failing scripts) must be identical.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -51,6 +51,13 @@ SCRIPTS: list[tuple[str, str, dict[str, Any]]] = [
     ("fake-gpt", "dropped [fake drop_after=4 chunks=10]", {}),
     ("fake-gpt", "stalled [fake stall_after=3 chunks=10]", {}),
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def provider_session() -> AsyncIterator[None]:
+    """The fast path's process-wide session, closed with this module's tests."""
+    yield
+    await fastpath.aclose()
 
 
 @pytest.fixture(scope="module")

@@ -167,6 +167,18 @@ async def test_jobs_spread_across_worker_processes(client: AsyncClient, stack: S
     assert workers == {str(w.pid) for w in stack.workers}
 
 
+async def test_worker_processes_run_on_uvloop(stack: Stack) -> None:
+    async def all_ready() -> bool:
+        logs = [w.log_path.read_text(errors="replace") for w in stack.workers if w.log_path]
+        return len(logs) == len(stack.workers) and all(" ready on " in t for t in logs)
+
+    await wait_until(all_ready, timeout=60)
+
+    for worker in stack.workers:
+        assert worker.log_path is not None
+        assert " ready on uvloop: " in worker.log_path.read_text(errors="replace")
+
+
 async def test_cancel_running_job_closes_provider_stream_and_ends_cancelled(
     client: AsyncClient, stack: Stack
 ) -> None:

@@ -1,16 +1,22 @@
-"""Idle workers start a queued job when woken, not when their (here: hour-long) poll comes; a
-poll does not re-check the jobs already running."""
+"""Idle workers start a queued job when woken, not when their (here: hour-long) poll comes;
+and a poll does not re-claim the queued jobs that already run."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from redis.asyncio import Redis
+from arq.worker import func
 
 from tokenspool.client import AsyncClient
+from tokenspool.connections import close, connect, job_deserializer, job_serializer
+from tokenspool.jobs import new_job_id
+from tokenspool.settings import Settings
 from tokenspool.stack import Stack, start_stack
+from worker.wakeable import WakeableWorker
 
 from .conftest import stack_dir
 from .helpers import expected
@@ -42,37 +48,45 @@ async def test_queued_job_starts_on_the_wake_up_message_not_the_poll(sleepy_stac
             )
 
 
-async def _watch_calls(redis: Redis) -> int:
-    stats = await redis.info("commandstats")
-    return int(stats.get("cmdstat_watch", {}).get("calls", 0))
+async def test_poll_skips_queued_jobs_already_running_without_claiming_them_again(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = asyncio.Event()
 
+    async def hold(ctx: dict[str, Any]) -> None:
+        await asyncio.wait_for(release.wait(), timeout=30)
 
-async def test_a_poll_does_not_recheck_the_jobs_the_worker_is_running(sleepy_stack: Stack) -> None:
-    # arq alone re-checks every running job with WATCH/EXISTS/ZSCORE on each poll; each
-    # submission wakes the worker for a poll
-    running = 12
-    async with (
-        AsyncClient(sleepy_stack.api_url) as client,
-        Redis.from_url(sleepy_stack.redis.url) as redis,
-    ):
-        slow = [
-            (await client.submit("fake-gpt", f"hold {k} [fake chunks=400 delay_ms=50]")).id
-            for k in range(running)
-        ]
+    queue = f"test-queue-{new_job_id()}"
+    redis = connect(settings)
+    workers = [
+        WakeableWorker(
+            functions=[func(hold, name="hold")],
+            wake_channel=f"{queue}:wake",
+            redis_pool=redis,
+            queue_name=queue,
+            poll_delay=3600,
+            handle_signals=False,
+            keep_result=0,
+            job_serializer=job_serializer,
+            job_deserializer=job_deserializer,
+        )
+        for _ in range(2)
+    ]
+    here, elsewhere = workers
+    try:
+        jobs = [await redis.enqueue_job("hold", _queue_name=queue) for _ in range(3)]
+        ids = [job.job_id.encode() for job in jobs if job is not None]
+        await here.start_jobs(ids)
+        assert sorted(here.tasks) == sorted(i.decode() for i in ids)
 
-        async def started(job_id: str) -> None:
-            async for event in client.events(job_id):
-                if event.type == "content.delta":
-                    return
+        caplog.set_level(logging.DEBUG, logger="arq.worker")
+        await here.start_jobs(ids)  # a later poll: they are still in the queue
+        await elsewhere.start_jobs(ids)  # another worker's poll
 
-        await asyncio.wait_for(asyncio.gather(*(started(j) for j in slow)), timeout=60)
-        before = await _watch_calls(redis)
-        prompt = "while busy [fake chunks=3]"
-        job = await client.submit("fake-gpt", prompt)
-        view = await client.wait(job.id)
-        after = await _watch_calls(redis)
-        for job_id in slow:
-            await client.cancel(job_id)
-    assert view.output.content == expected("fake-gpt", prompt).text
-    # the new job's enqueue and its start; not one per running job
-    assert after - before <= 2, f"{after - before} WATCH calls for one new job"
+        assert sorted(here.tasks) == sorted(i.decode() for i in ids) and not elsewhere.tasks
+        assert "already running elsewhere" not in caplog.text  # no per-job WATCH dance
+    finally:
+        release.set()
+        await asyncio.gather(*here.tasks.values(), return_exceptions=True)
+        await redis.delete(queue)
+        await close(redis)

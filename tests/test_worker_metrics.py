@@ -69,4 +69,5 @@ async def test_worker_metrics_count_attempts_outcomes_latencies_and_errors(
         < delta("tokenspool_worker_redis_writes_total")
         <= delta("tokenspool_worker_events_written_total")
     )
+    assert delta("tokenspool_worker_redis_round_trips_total") > 0
     assert after[("tokenspool_worker_active_streams", ())] == 0

@@ -2,8 +2,9 @@
 
 The API's cancel script sets ``cancel_requested`` on the job hash and publishes the job id on
 one channel. Each worker process holds a single subscription and wakes the matching job at
-once; because pub/sub drops messages while disconnected, each job also re-reads the flag every
-``cancel_check_seconds``.
+once; because pub/sub drops messages while disconnected, the process also re-reads the flags of
+all its jobs every ``cancel_check_seconds``, in one pipelined round trip (not a timer and a
+round trip per job).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .tasks import stop_task
@@ -24,11 +27,21 @@ log = logging.getLogger(__name__)
 class CancelWatcher:
     """One pub/sub subscription per process, fanned out to the jobs it runs."""
 
-    def __init__(self, redis: Redis, channel: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        channel: str,
+        flags: Callable[[list[str]], Awaitable[list[bool]]],
+        check_seconds: float,
+    ) -> None:
+        """``flags``: the ``cancel_requested`` flags of some jobs, read in one round trip."""
         self.redis = redis
         self.channel = channel
+        self.flags = flags
+        self.check_seconds = check_seconds
         self._events: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
     def register(self, job_id: str) -> asyncio.Event:
@@ -40,9 +53,31 @@ class CancelWatcher:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="cancel-watcher")
+        self._poll_task = asyncio.create_task(self._poll(), name="cancel-poll")
 
     async def stop(self) -> None:
         await stop_task(self._task)
+        await stop_task(self._poll_task)
+
+    async def check_now(self) -> None:
+        """Read every registered job's flag; wake the ones that were cancelled."""
+        job_ids = list(self._events)
+        if not job_ids:
+            return
+        for job_id, cancelled in zip(job_ids, await self.flags(job_ids), strict=True):
+            event = self._events.get(job_id)
+            if cancelled and event is not None:
+                event.set()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_seconds)
+            try:
+                await self.check_now()
+            except (RedisError, OSError) as exc:
+                log.warning("cancel flag check failed: %s", exc)
+            except Exception:  # supervising loop: log and keep checking
+                log.exception("cancel flag check failed")
 
     async def _run(self) -> None:
         while True:

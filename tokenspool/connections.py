@@ -21,14 +21,19 @@ def job_deserializer(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def connect(settings: Settings, *, max_connections: int | None = None) -> ArqRedis:
+def connect(
+    settings: Settings, *, max_connections: int | None = None, caller_bounds_waits: bool = False
+) -> ArqRedis:
     """A Redis client (arq-capable) whose socket timeout exceeds the XREAD BLOCK time.
 
     Each stream client of the API holds one connection while its XREAD blocks, so the pool
-    bounds the stream clients of one API process (``redis_max_connections``)."""
+    bounds the stream clients of one API process (``redis_max_connections``). With
+    ``caller_bounds_waits`` the connections have no socket timeout: the caller puts a deadline
+    on each round trip itself (redis-py otherwise starts a task for every send and a timer for
+    every reply, which a pipeline of hundreds of replies pays hundreds of times)."""
     pool = ConnectionPool.from_url(
         settings.redis_url,
-        socket_timeout=settings.read_block_ms / 1000 + 5,
+        socket_timeout=None if caller_bounds_waits else settings.read_block_ms / 1000 + 5,
         socket_connect_timeout=5,
         health_check_interval=30,
         max_connections=max_connections or settings.redis_max_connections,

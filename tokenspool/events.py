@@ -31,7 +31,25 @@ class _Event(BaseModel):
         return {
             keys.E_TYPE: self.type,
             keys.E_ATTEMPT: str(self.attempt),
-            keys.E_DATA: json.dumps(data, separators=(",", ":"), ensure_ascii=False),
+            keys.E_DATA: _to_json(data),
+        }
+
+
+# compact JSON; one encoder for every event (json.dumps with options builds one per call)
+_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class _TextDelta(_Event):
+    """A streamed piece of text: one per provider chunk, so its entry is built directly."""
+
+    text: str
+
+    def to_fields(self) -> dict[str, str]:
+        # the same bytes as _Event.to_fields (tests/test_events.py), without model_dump
+        return {
+            keys.E_TYPE: self.type,
+            keys.E_ATTEMPT: str(self.attempt),
+            keys.E_DATA: '{"text":' + _to_json(self.text) + "}",
         }
 
 
@@ -72,14 +90,12 @@ class JobRetrying(_Event):
     reason: str
 
 
-class ContentDelta(_Event):
+class ContentDelta(_TextDelta):
     type: Literal["content.delta"] = "content.delta"
-    text: str
 
 
-class ReasoningDelta(_Event):
+class ReasoningDelta(_TextDelta):
     type: Literal["reasoning.delta"] = "reasoning.delta"
-    text: str
 
 
 class ToolCallDelta(_Event):

@@ -42,6 +42,7 @@ from .settings import Settings
 from .store import JobStore
 from .structured import OutputValidationError, StructuredTracker, json_schema_of
 from .worker_metrics import WorkerMetrics
+from .writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class RunContext:
     models: ModelList
     cancels: CancelWatcher
     leases: LeaseKeeper
+    writer: Writer
     worker: str
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     taking_over: set[str] = field(default_factory=set)
@@ -98,17 +100,6 @@ def backoff(settings: Settings, attempt: int, retry_after: float | None) -> floa
     if retry_after is not None:
         delay = max(delay, min(retry_after, settings.retry_max_seconds))
     return delay
-
-
-async def _wait_cancel(ctx: RunContext, job_id: str, event: asyncio.Event) -> None:
-    """Returns when a cancel was requested: pub/sub wake-up, or the periodic flag check."""
-    while True:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(ctx.settings.cancel_check_seconds):
-                await event.wait()
-                return
-        if await ctx.store.cancel_requested(job_id):
-            return
 
 
 async def run_job(ctx: RunContext, payload: JobPayload, reason: str = "worker lost") -> str:
@@ -187,7 +178,7 @@ async def _run_attempt(
     parsed: object = None
 
     async with Publisher(
-        ctx.store,
+        ctx.writer,
         job_id,
         attempt,
         max_pending=settings.max_pending_events,
@@ -230,7 +221,8 @@ async def _run_attempt(
             await pub.flush()
 
         producing = asyncio.create_task(produce(), name=f"produce:{job_id}")
-        watching = asyncio.create_task(_wait_cancel(ctx, job_id, cancel_event))
+        # set by the process's cancel watcher (pub/sub, or its periodic check of the flags)
+        watching = asyncio.create_task(cancel_event.wait())
         losing = asyncio.create_task(lost.wait())
         final: _Event
         status: JobStatus

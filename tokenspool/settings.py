@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     max_jobs: int = Field(256, ge=1)  # streams are I/O-bound: one process holds many
     job_timeout_seconds: float = Field(600.0, gt=0)  # total deadline of one attempt
     provider_idle_timeout_seconds: float = Field(60.0, gt=0)  # per-read idle timeout
-    # read OpenAI-compatible streams with httpx directly (same events, far less CPU per chunk);
+    # read OpenAI-compatible streams with aiohttp directly (same events, far less CPU per chunk);
     # off: every model goes through litellm
     fast_path: bool = True
     # arq queue poll; a wake-up message after each enqueue starts idle workers at once, so this

@@ -136,7 +136,12 @@ class JobStore:
     async def forget_running(self, job_id: str) -> None:
         await self.redis.zrem(self.keys.running, job_id)
 
-    async def write(
+    @property
+    def write_sha(self) -> str:
+        """SHA1 of the fenced WRITE script (for EVALSHA in a pipeline)."""
+        return str(self._write.sha)
+
+    def write_call(
         self,
         job_id: str,
         attempt: int,
@@ -144,8 +149,8 @@ class JobStore:
         seq: int,
         final_status: str = "",
         final_fields: dict[str, str] | None = None,
-    ) -> str:
-        """Fenced append of (type, data-json) pairs; with ``final_status``, end the job."""
+    ) -> tuple[list[str], list[Any]]:
+        """Keys and args of the fenced WRITE script for these (type, data-json) pairs."""
         args: list[Any] = [
             attempt,
             self.settings.stream_maxlen,
@@ -159,14 +164,27 @@ class JobStore:
             args += [type_, data]
         for field, value in (final_fields or {}).items():
             args += [field, value]
+        return [self.keys.job(job_id), self.keys.events(job_id)], args
+
+    async def write(
+        self,
+        job_id: str,
+        attempt: int,
+        events: list[tuple[str, str]],
+        seq: int,
+        final_status: str = "",
+        final_fields: dict[str, str] | None = None,
+    ) -> str:
+        """Fenced append of (type, data-json) pairs; with ``final_status``, end the job.
+        (The worker sends the same call pipelined through :class:`tokenspool.writer.Writer`.)"""
+        keys, args = self.write_call(job_id, attempt, events, seq, final_status, final_fields)
         try:
-            res = await self._write(
-                keys=[self.keys.job(job_id), self.keys.events(job_id)], args=args
-            )
+            res = await self._write(keys=keys, args=args)
         except ResponseError as exc:
-            if str(exc).startswith("FENCED"):
-                raise FencedError(f"job {job_id}: {exc}") from exc
-            raise
+            fenced = fence_error(job_id, exc)
+            if fenced is None:
+                raise
+            raise fenced from exc
         return as_text(res)
 
     async def cancel(self, job_id: str, reason: str = "cancelled by request") -> str:
@@ -191,6 +209,14 @@ class JobStore:
 
     async def cancel_requested(self, job_id: str) -> bool:
         return as_text(await self.redis.hget(self.keys.job(job_id), k.F_CANCEL) or "") == "1"
+
+    async def cancels_requested(self, job_ids: list[str]) -> list[bool]:
+        """``cancel_requested`` of each job, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), k.F_CANCEL)
+            flags = await pipe.execute()
+        return [as_text(flag or "") == "1" for flag in flags]
 
     async def request(self, job_id: str) -> JobRequest:
         raw = await self.redis.hget(self.keys.job(job_id), k.F_REQUEST)
@@ -248,6 +274,13 @@ class JobStore:
     async def recent(self, limit: int = 20) -> list[str]:
         ids = await self.redis.zrevrange(self.keys.jobs_index, 0, limit - 1)
         return [as_text(i) for i in ids]
+
+
+def fence_error(job_id: str, exc: ResponseError) -> FencedError | None:
+    """The FencedError for a WRITE script's error reply, or None when it is another error."""
+    if str(exc).startswith("FENCED"):
+        return FencedError(f"job {job_id}: {exc}")
+    return None
 
 
 def dumps(model: Any) -> str:

@@ -37,7 +37,14 @@ class WorkerMetrics:
             "tokenspool_worker_events_written", "Events appended to job streams", registry=r
         )
         self.redis_writes = Counter(
-            "tokenspool_worker_redis_writes", "Fenced write round trips to Redis", registry=r
+            "tokenspool_worker_redis_writes",
+            "Fenced write script calls to Redis (pipelined: many jobs share a round trip)",
+            registry=r,
+        )
+        self.redis_round_trips = Counter(
+            "tokenspool_worker_redis_round_trips",
+            "Round trips of the process's event writer to Redis (each carries many jobs' writes)",
+            registry=r,
         )
         self.active = Gauge(
             "tokenspool_worker_active_streams", "Provider streams running now", registry=r

@@ -7,11 +7,13 @@ import gc
 import logging
 from typing import Any
 
+import uvloop
 from arq import Worker
 from arq.worker import func
 
+from tokenspool import fastpath
 from tokenspool.cancellation import CancelWatcher
-from tokenspool.connections import connect, job_deserializer, job_serializer
+from tokenspool.connections import close, connect, job_deserializer, job_serializer
 from tokenspool.errors import JobNotFoundError
 from tokenspool.jobs import JobPayload
 from tokenspool.keys import Keys
@@ -24,6 +26,7 @@ from tokenspool.runner import RunContext, run_job, worker_name
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore
 from tokenspool.worker_metrics import WorkerMetrics
+from tokenspool.writer import Writer
 
 from .wakeable import WakeableWorker
 
@@ -38,6 +41,8 @@ async def _run_job(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
 def build_worker(settings: Settings) -> Worker:
     models = ModelList.load(settings.models_file)
     pool = connect(settings)
+    # the process's one event writer: a round trip at a time, each under its own deadline
+    writer_redis = connect(settings, max_connections=4, caller_bounds_waits=True)
 
     takeovers: set[asyncio.Task[str]] = set()
 
@@ -48,18 +53,24 @@ def build_worker(settings: Settings) -> Worker:
         gc.collect()
         gc.freeze()
         store = JobStore(pool, settings)
-        cancels = CancelWatcher(pool, store.keys.cancel_channel)
+        cancels = CancelWatcher(
+            pool, store.keys.cancel_channel, store.cancels_requested, settings.cancel_check_seconds
+        )
         cancels.start()
         leases = LeaseKeeper(store)
         leases.start()
+        metrics = WorkerMetrics()
+        writer = Writer(store, writer_redis, counter=metrics.redis_round_trips)
+        writer.start()
         run_ctx = RunContext(
             settings=settings,
             store=store,
             models=models,
             cancels=cancels,
             leases=leases,
+            writer=writer,
             worker=worker_name(),
-            metrics=WorkerMetrics(),
+            metrics=metrics,
         )
 
         async def take_over(job_id: str) -> None:
@@ -88,7 +99,12 @@ def build_worker(settings: Settings) -> Worker:
         reaper.start()
         ctx["tokenspool"] = run_ctx
         ctx["tokenspool_reaper"] = reaper
-        log.info("worker %s ready: models %s", worker_name(), ", ".join(models.names))
+        log.info(
+            "worker %s ready on %s: models %s",
+            worker_name(),
+            type(asyncio.get_running_loop()).__module__,
+            ", ".join(models.names),
+        )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         run_ctx: RunContext | None = ctx.get("tokenspool")
@@ -101,8 +117,11 @@ def build_worker(settings: Settings) -> Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await run_ctx.writer.stop()
+        await close(writer_redis)
         await run_ctx.leases.stop()
         await run_ctx.cancels.stop()
+        await fastpath.aclose()
 
     return WakeableWorker(
         functions=[func(_run_job, name=RUN_JOB)],
@@ -130,4 +149,8 @@ def run_worker(settings: Settings | None = None) -> None:
     """Run a worker until SIGINT/SIGTERM."""
     settings = settings or Settings()
     setup_logging(settings)
+    # arq's Worker runs on the loop that asyncio.get_event_loop() returns when it is built;
+    # uvloop costs less per I/O callback than the stock loop, and a worker with hundreds of
+    # paced streams wakes up once per chunk (docs/benchmarks.md)
+    asyncio.set_event_loop(uvloop.new_event_loop())
     build_worker(settings).run()
