@@ -4,6 +4,7 @@ apps in one process never collide on the global default registry)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -78,17 +79,32 @@ class ApiMetrics:
             self.stream_resumes.labels(transport)
             self.events_relayed.labels(transport)
             self.events_replayed.labels(transport)
+        # per-event metrics, looked up once rather than with labels() per event
+        self._children = {
+            t: (
+                self.events_relayed.labels(t),
+                self.events_replayed.labels(t),
+                self.consumer_lag.labels(t),
+            )
+            for t in TRANSPORTS
+        }
 
-    def relayed(self, transport: str, event_id: str | None, head: tuple[int, int]) -> None:
-        """Count one event sent: relayed, replayed if it predates the connection (``head`` is
-        the stream's last id then), and its age (consumer lag; stream ids carry milliseconds)."""
-        self.events_relayed.labels(transport).inc()
-        if not event_id:
-            return
-        position = id_tuple(event_id)
-        if position <= head:
-            self.events_replayed.labels(transport).inc()
-        self.consumer_lag.labels(transport).observe(max(0.0, time.time() - position[0] / 1000))
+    def relayed_batch(
+        self, transport: str, entry_ids: Sequence[bytes | str], head: tuple[int, int]
+    ) -> None:
+        """Count a batch of events sent together: relayed, replayed if they predate the
+        connection (``head`` is the stream's last id then), and each one's age (consumer lag;
+        stream ids carry milliseconds). The counters move once per batch."""
+        children = self._children[transport]
+        children[0].inc(len(entry_ids))
+        now_ms = time.time() * 1000
+        replayed = 0
+        for entry_id in entry_ids:
+            position = id_tuple(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+            replayed += position <= head
+            children[2].observe(max(0.0, now_ms - position[0]) / 1000)
+        if replayed:
+            children[1].inc(replayed)
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format."""
