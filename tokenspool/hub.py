@@ -27,7 +27,6 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.typing import KeyT, StreamIdT
 
 from .errors import JobNotFoundError, StreamGoneError, TokenspoolError
 from .events import TERMINAL_TYPES
@@ -41,6 +40,11 @@ Entry = tuple[bytes, dict[bytes, bytes]]  # an XREAD entry, not decoded: (id, fi
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _TERMINAL = frozenset(t.encode() for t in TERMINAL_TYPES)
 _UNBLOCK_TRIES = 3  # CLIENT UNBLOCK can reach the server before the XREAD it is meant for
+
+
+def _bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 class HubClosedError(TokenspoolError):
@@ -62,12 +66,40 @@ class _Waiter:
     """One consumer waiting for entries of one stream after ``after``."""
 
     job_id: str
-    stream: str
-    job_key: str
     after: str
     position: tuple[int, int]
     future: asyncio.Future[list[Entry]]
     since: float = field(default_factory=time.monotonic)
+
+
+class _Stream:
+    """A stream that consumers wait on, with its XREAD arguments encoded once: the key, and
+    the id it is read after (the smallest of its waiters' positions), re-encoded only when
+    that changes. A read over hundreds of streams then costs a join, not hundreds of
+    argument encodings."""
+
+    __slots__ = ("id_arg", "job_key", "key", "key_arg", "name", "position", "read", "waiters")
+
+    def __init__(self, name: bytes, job_key: str) -> None:
+        self.name = name  # the stream's key, as XREAD replies name it
+        self.key = name.decode()
+        self.job_key = job_key
+        self.key_arg = _bulk(name)
+        self.waiters: set[_Waiter] = set()
+        self.position: tuple[int, int] = (0, 0)
+        self.id_arg = b""
+        self.read: tuple[int, tuple[int, int]] | None = None  # (read number, position) in it
+
+    def add(self, waiter: _Waiter) -> None:
+        if not self.waiters or waiter.position < self.position:
+            self.position, self.id_arg = waiter.position, _bulk(waiter.after.encode())
+        self.waiters.add(waiter)
+
+    def discard(self, waiter: _Waiter) -> None:
+        self.waiters.discard(waiter)
+        if self.waiters and waiter.position == self.position:
+            first = min(self.waiters, key=lambda w: w.position)
+            self.position, self.id_arg = first.position, _bulk(first.after.encode())
 
 
 class Hub:
@@ -75,7 +107,8 @@ class Hub:
 
     ``start()`` it once per process (the API's lifespan) and ``stop()`` it at the end;
     ``tail()`` is the per-consumer view. ``redis`` is the process's pooled client (for the
-    unblocks); the reader gets a connection of its own from ``reader``.
+    unblocks and the expiry checks); ``reader`` a single-connection client of its own
+    (``connections.connect_reader``), which the hub drives directly.
     """
 
     def __init__(
@@ -97,14 +130,26 @@ class Hub:
         self._redis = redis
         self._reader = reader
         self._reader_id: int | None = None  # CLIENT ID of the reader's connection
-        self._waiting: dict[str, set[_Waiter]] = {}
+        self._streams: dict[bytes, _Stream] = {}  # by key: the streams someone waits on
         self._wake = asyncio.Event()
-        self._in_flight: dict[str, tuple[int, int]] | None = None  # stream -> read position
-        self._read_seq = 0
+        self._read_seq = 0  # the number of the read in flight, if any
+        self._in_flight = False
         self._unblock_for: int | None = None  # the read an unblock was asked for
         self._unblock_wanted = asyncio.Event()
+        self._next_check = 0.0  # when waiters that have waited long are next checked
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+
+    @property
+    def reader_id(self) -> int | None:
+        """CLIENT ID of the reader's connection (None before its first read or after an
+        error, until it reconnects)."""
+        return self._reader_id
+
+    @property
+    def waiting(self) -> int:
+        """How many consumers wait for entries now."""
+        return sum(len(stream.waiters) for stream in self._streams.values())
 
     async def start(self) -> None:
         self._tasks = [
@@ -157,63 +202,59 @@ class Hub:
         """Wait for the entries of ``job_id`` after ``after`` (empty: none for a whole BLOCK)."""
         if self._closed or not self._tasks or self._tasks[0].done():
             raise HubClosedError("the stream hub is not running")
-        waiter = _Waiter(
-            job_id,
-            self.keys.events(job_id),
-            self.keys.job(job_id),
-            after,
-            id_tuple(after),
-            asyncio.get_running_loop().create_future(),
-        )
-        self._add(waiter)
+        future: asyncio.Future[list[Entry]] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(job_id, after, id_tuple(after), future)
+        stream = self._add(waiter)
         try:
             # the hub answers every waiter within about a BLOCK, or fails it after the
             # reconnect timeout; this deadline only guards against a hub that stopped answering
             async with asyncio.timeout(2 * self.block_ms / 1000 + self.reconnect_timeout + 30):
-                return await waiter.future
+                return await future
         finally:
-            self._discard(waiter)
+            self._discard(stream, waiter)
 
-    def _add(self, waiter: _Waiter) -> None:
-        self._waiting.setdefault(waiter.stream, set()).add(waiter)
+    def _add(self, waiter: _Waiter) -> _Stream:
+        name = self.keys.events(waiter.job_id).encode()
+        stream = self._streams.get(name)
+        if stream is None:
+            stream = self._streams[name] = _Stream(name, self.keys.job(waiter.job_id))
+        stream.add(waiter)
         self._wake.set()
-        reading = self._in_flight
-        if reading is None:
-            return
-        position = reading.get(waiter.stream)
-        if (position is None or waiter.position < position) and self._unblock_for is None:
-            self._unblock_for = self._read_seq  # one unblock per read
+        if not self._in_flight or self._unblock_for is not None:
+            return stream  # the next read is built with it, or an unblock is on its way
+        read = stream.read
+        if read is None or read[0] != self._read_seq or waiter.position < read[1]:
+            self._unblock_for = self._read_seq  # the read in flight does not cover it
             self._unblock_wanted.set()
+        return stream
 
-    def _discard(self, waiter: _Waiter) -> None:
-        waiters = self._waiting.get(waiter.stream)
-        if waiters is None:
-            return
-        waiters.discard(waiter)
-        if not waiters:
-            del self._waiting[waiter.stream]
+    def _discard(self, stream: _Stream, waiter: _Waiter) -> None:
+        stream.discard(waiter)
+        if not stream.waiters and self._streams.get(stream.name) is stream:
+            del self._streams[stream.name]
         if not waiter.future.done():
             waiter.future.cancel()
 
     def _fail_all(self, exc: BaseException) -> None:
-        for waiters in list(self._waiting.values()):
-            for waiter in waiters:
+        for stream in self._streams.values():
+            for waiter in stream.waiters:
                 if not waiter.future.done():
                     waiter.future.set_exception(exc)
-        self._waiting.clear()
+        self._streams.clear()
 
     async def _run(self) -> None:
         failures = 0
         outage_started: float | None = None
         try:
             while True:
-                if not self._waiting:
+                if not self._streams:
                     self._wake.clear()
                     await self._wake.wait()  # nobody waits: no reads at all
                     continue
                 try:
-                    self._dispatch(*await self._read())
-                    await self._check_idle()
+                    self._dispatch(await self._read())
+                    if time.monotonic() >= self._next_check:
+                        await self._check_idle()
                 except _REDIS_ERRORS as exc:
                     self._reader_id = None  # the reader reconnects: a new client id
                     now = time.monotonic()
@@ -223,7 +264,7 @@ class Hub:
                             "stream hub: Redis unreachable for %.0fs, failing %d waiting "
                             "consumers: %s",
                             now - outage_started,
-                            sum(len(w) for w in self._waiting.values()),
+                            self.waiting,
                             exc,
                         )
                         self._fail_all(exc)
@@ -241,42 +282,60 @@ class Hub:
         finally:
             self._fail_all(HubClosedError("the stream hub's reader stopped"))
 
-    async def _read(self) -> tuple[list[Any], dict[str, tuple[int, int]]]:
-        """One XREAD over every stream someone waits on, each from its smallest position."""
+    async def _read(self) -> list[Any]:
+        """One XREAD over every stream someone waits on, each after its smallest position.
+
+        The command is sent on the reader's connection as pre-encoded RESP (see ``_Stream``);
+        the connection's own read_response disconnects it on any error or cancellation."""
+        connection = (await self._reader.initialize()).connection
+        assert connection is not None  # a single-connection client holds one
         if self._reader_id is None:
-            self._reader_id = int(await self._reader.client_id())
-        streams: dict[KeyT, StreamIdT] = {}
-        positions: dict[str, tuple[int, int]] = {}
-        oldest = time.monotonic()
-        for stream, waiters in self._waiting.items():
-            first = min(waiters, key=lambda w: w.position)
-            streams[stream], positions[stream] = first.after, first.position
-            oldest = min(oldest, *(w.since for w in waiters))
-        # block no longer than until the longest waiter has waited a whole BLOCK (then its
-        # keys are checked); never 0, which would block forever
-        due = oldest + self.block_ms / 1000 - time.monotonic()
-        block = max(1, min(self.block_ms, int(due * 1000)))
+            await connection.send_command("CLIENT", "ID")
+            self._reader_id = int(await connection.read_response())
+        now = time.monotonic()
+        if self._next_check <= now:
+            self._next_check = now + self.block_ms / 2000
+        # never BLOCK 0, which waits forever; wake for the next expiry check at the latest
+        block = max(1, min(self.block_ms, int((self._next_check - now) * 1000)))
         self._read_seq += 1
-        self._in_flight, self._unblock_for = positions, None
+        streams = list(self._streams.values())
+        for stream in streams:
+            stream.read = (self._read_seq, stream.position)
+        command = b"".join(
+            (
+                b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n" % (6 + 2 * len(streams)),
+                _bulk(b"%d" % self.count),
+                b"$5\r\nBLOCK\r\n",
+                _bulk(b"%d" % block),
+                b"$7\r\nSTREAMS\r\n",
+                *(stream.key_arg for stream in streams),
+                *(stream.id_arg for stream in streams),
+            )
+        )
+        self._in_flight, self._unblock_for = True, None
         self.reads += 1
         try:
-            reply: list[Any] = await self._reader.xread(streams, count=self.count, block=block)
+            await connection.send_packed_command(command)
+            reply: list[Any] | None = await connection.read_response()
         finally:
-            self._in_flight = None
-        return reply or [], positions
+            self._in_flight = False
+        return reply or []
 
-    def _dispatch(self, reply: list[Any], positions: dict[str, tuple[int, int]]) -> None:
+    def _dispatch(self, reply: list[Any]) -> None:
         """Give each waiter of a stream the entries after its own position. A waiter behind
         the position the stream was read from (it came after the read was sent) gets nothing
         from this read: the entries in between are not in it."""
-        for name, entries in reply:
-            stream = name.decode() if isinstance(name, bytes) else str(name)
-            waiters = self._waiting.get(stream)
-            if not waiters or not entries:
+        for name, raw_entries in reply:
+            stream = self._streams.get(name)
+            if stream is None or stream.read is None or not raw_entries:
                 continue
+            entries: list[Entry] = [
+                (entry_id, dict(zip(values[::2], values[1::2], strict=True)))
+                for entry_id, values in raw_entries
+            ]
             first = _position(entries[0][0])
-            read_from = positions[stream]
-            for waiter in list(waiters):
+            read_from = stream.read[1]
+            for waiter in list(stream.waiters):
                 if waiter.future.done() or waiter.position < read_from:
                     continue
                 if first > waiter.position:
@@ -285,33 +344,34 @@ class Hub:
                     mine = [e for e in entries if _position(e[0]) > waiter.position]
                 if mine:
                     waiter.future.set_result(mine)
-                    waiters.discard(waiter)
-            if not waiters:
-                del self._waiting[stream]
+                    self._discard(stream, waiter)
 
     async def _check_idle(self) -> None:
-        """Answer the waiters that have waited a whole BLOCK: ``JobNotFoundError`` if their
-        keys expired meanwhile, otherwise an empty batch (they wait again). Waiters half-way
-        there are checked too, so idle consumers cost one pipeline per half BLOCK, not one
-        each."""
+        """Answer the waiters that have waited half a BLOCK or more: ``JobNotFoundError`` if
+        their keys expired meanwhile, otherwise an empty batch (they wait again). Runs every
+        half BLOCK, so an idle consumer is answered within a BLOCK, at one pipeline for all."""
         now = time.monotonic()
-        block = self.block_ms / 1000
-        waiters = [w for ws in self._waiting.values() for w in ws]
-        if not any(now - w.since >= block for w in waiters):
+        self._next_check = now + self.block_ms / 2000
+        idle = [
+            (stream, waiter)
+            for stream in self._streams.values()
+            for waiter in stream.waiters
+            if now - waiter.since >= self.block_ms / 2000
+        ]
+        if not idle:
             return
-        idle = [w for w in waiters if now - w.since >= block / 2 and not w.future.done()]
         async with self._redis.pipeline(transaction=False) as pipe:
-            for waiter in idle:
-                pipe.exists(waiter.stream, waiter.job_key)
+            for stream, _ in idle:
+                pipe.exists(stream.key, stream.job_key)
             found = await pipe.execute()
-        for waiter, exists in zip(idle, found, strict=True):
+        for (stream, waiter), exists in zip(idle, found, strict=True):
             if waiter.future.done():
                 continue
             if exists:
                 waiter.future.set_result([])
             else:
                 waiter.future.set_exception(JobNotFoundError(waiter.job_id))
-            self._discard(waiter)
+            self._discard(stream, waiter)
 
     async def _unblocker(self) -> None:
         """Send the unblocks ``_add`` asks for, from the pooled client (the reader is busy)."""
@@ -320,7 +380,7 @@ class Hub:
             self._unblock_wanted.clear()
             for _ in range(_UNBLOCK_TRIES):
                 read, reader_id = self._unblock_for, self._reader_id
-                if read != self._read_seq or self._in_flight is None or reader_id is None:
+                if read != self._read_seq or not self._in_flight or reader_id is None:
                     break  # that read has ended (the next one is built with the newcomer)
                 try:
                     woke = await self._redis.client_unblock(reader_id)
