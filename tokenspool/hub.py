@@ -1,18 +1,29 @@
-"""One shared reader for every stream consumer of a process: a single XREAD over many jobs.
+"""One shared reader for every stream consumer of a process, woken by the writers.
 
 ``tail()`` gives each consumer its own ``XREAD BLOCK`` on its own connection: a round trip per
 chunk per consumer, and a pooled connection per open stream. The hub instead keeps the
-consumers that are waiting for data, reads all their streams with one ``XREAD BLOCK COUNT
-STREAMS k1 k2 ... id1 id2 ...`` on a dedicated connection, and hands each consumer the entries
-after its own position. It is a pull model as ``tail()`` is: a consumer busy writing to its
-client is not waiting, so nothing is read or held for it, and what it is given is at most one
-``COUNT`` batch.
+consumers of a process and reads a job's stream only when it may hold something a waiting
+consumer has not got. Every script that appends to a stream also PUBLISHes the id of its last
+entry on the job's channel (``Keys.written``); the hub SUBSCRIBEs to the channels of the jobs
+it has consumers for and, when notified, reads only the notified streams, each from its
+smallest waiting position, with one non-blocking ``XREAD COUNT STREAMS ...``. One read is in
+flight at a time: notifications that arrive meanwhile are gathered into the next, so reads
+batch themselves under load. Redis then works per entry written, not per open stream.
 
-A consumer that starts waiting while a read is blocked must not wait for that read's BLOCK
-to run out. When the read in flight does not cover its stream (or covers it from a later
-position), the hub sends ``CLIENT UNBLOCK <reader id>`` from another connection, once per
-read; and after each dispatch it yields to the event loop, so consumers it just served are
-back in the read set before the next XREAD is built, which keeps unblocks rare under load.
+It is a pull model as ``tail()`` is: a consumer busy writing to its client is not waiting, so
+nothing is read or held for it, and what it is given is at most one ``COUNT`` batch.
+
+For each stream the hub knows an ``end``: an id such that every entry after it is still to be
+notified (or None: unknown, a read will tell). A waiter at or after ``end`` needs no read. A
+lost notification costs latency, never data:
+
+- a consumer's first wait is a catch-up read, after its job's SUBSCRIBE was sent; the
+  subscription's confirmation makes ``end`` unknown again (entries may have been written
+  between that read and the SUBSCRIBE), and so does the resubscription after the pub/sub
+  connection reconnects;
+- every ``block_ms`` a sweep reads every stream someone waits on, answers the waiters whose
+  keys expired with ``JobNotFoundError`` and the others that waited half of it with an empty
+  batch (their wait starts over, so no wait outlives its deadline).
 """
 
 from __future__ import annotations
@@ -31,20 +42,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .errors import JobNotFoundError, StreamGoneError, TokenspoolError
 from .events import TERMINAL_TYPES
 from .keys import Keys
-from .tailer import RECONNECT_DELAYS, id_tuple, parse_event_id
+from .tailer import EVENT_ID_RE, RECONNECT_DELAYS, id_tuple, parse_event_id
 from .tasks import stop_task
 
 log = logging.getLogger(__name__)
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # an XREAD entry, not decoded: (id, fields)
+Position = tuple[int, int]
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _TERMINAL = frozenset(t.encode() for t in TERMINAL_TYPES)
-_UNBLOCK_TRIES = 3  # CLIENT UNBLOCK can reach the server before the XREAD it is meant for
-
-
-def _bulk(value: bytes) -> bytes:
-    """One RESP bulk string."""
-    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 class HubClosedError(TokenspoolError):
@@ -56,59 +62,51 @@ def _log_crash(task: asyncio.Task[None]) -> None:
         log.error("stream hub: %s stopped", task.get_name(), exc_info=task.exception())
 
 
-def _position(entry_id: bytes | str) -> tuple[int, int]:
-    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return id_tuple(raw)
+def _position(entry_id: bytes) -> Position:
+    return id_tuple(entry_id.decode())
 
 
 @dataclass(eq=False)
 class _Waiter:
-    """One consumer waiting for entries of one stream after ``after``."""
+    """One consumer waiting for entries of its stream after ``after``."""
 
-    job_id: str
     after: str
-    position: tuple[int, int]
+    position: Position
     future: asyncio.Future[list[Entry]]
     since: float = field(default_factory=time.monotonic)
 
 
 class _Stream:
-    """A stream that consumers wait on, with its XREAD arguments encoded once: the key, and
-    the id it is read after (the smallest of its waiters' positions), re-encoded only when
-    that changes. A read over hundreds of streams then costs a join, not hundreds of
-    argument encodings."""
+    """The stream of a job that consumers of this process read, and what is known of its end."""
 
-    __slots__ = ("id_arg", "job_key", "key", "key_arg", "name", "position", "read", "waiters")
+    __slots__ = ("channel", "consumers", "end", "epoch", "job_id", "job_key", "key", "waiters")
 
-    def __init__(self, name: bytes, job_key: str) -> None:
-        self.name = name  # the stream's key, as XREAD replies name it
-        self.key = name.decode()
-        self.job_key = job_key
-        self.key_arg = _bulk(name)
+    def __init__(self, job_id: str, keys: Keys) -> None:
+        self.job_id = job_id
+        self.key = keys.events(job_id).encode()  # as XREAD replies name it
+        self.job_key = keys.job(job_id)
+        self.channel = keys.written(job_id).encode()  # as pub/sub messages name it
+        self.consumers = 0  # tail() generators open on it
         self.waiters: set[_Waiter] = set()
-        self.position: tuple[int, int] = (0, 0)
-        self.id_arg = b""
-        self.read: tuple[int, tuple[int, int]] | None = None  # (read number, position) in it
+        # every entry after ``end`` is still to be notified; None: unknown, read to learn it
+        self.end: Position | None = None
+        self.epoch = 0  # bumped when ``end`` is forgotten: a read in flight then teaches nothing
 
-    def add(self, waiter: _Waiter) -> None:
-        if not self.waiters or waiter.position < self.position:
-            self.position, self.id_arg = waiter.position, _bulk(waiter.after.encode())
-        self.waiters.add(waiter)
+    def forget_end(self) -> None:
+        self.end, self.epoch = None, self.epoch + 1
 
-    def discard(self, waiter: _Waiter) -> None:
-        self.waiters.discard(waiter)
-        if self.waiters and waiter.position == self.position:
-            first = min(self.waiters, key=lambda w: w.position)
-            self.position, self.id_arg = first.position, _bulk(first.after.encode())
+    def needs_read(self, position: Position) -> bool:
+        return self.end is None or position < self.end
 
 
 class Hub:
-    """Multiplexes the event streams a process's consumers are waiting on over one XREAD.
+    """Reads the event streams a process's consumers wait on when their writers say so.
 
     ``start()`` it once per process (the API's lifespan) and ``stop()`` it at the end;
     ``tail()`` is the per-consumer view. ``redis`` is the process's pooled client (for the
-    unblocks and the expiry checks); ``reader`` a single-connection client of its own
-    (``connections.connect_reader``), which the hub drives directly.
+    expiry checks); ``reader`` a single-connection client of its own
+    (``connections.connect_reader``) for the reads, whose pool also gives the pub/sub
+    connection.
     """
 
     def __init__(
@@ -126,45 +124,66 @@ class Hub:
         self.block_ms = block_ms
         self.reconnect_timeout = reconnect_timeout
         self.reads = 0  # XREADs sent
-        self.unblocks = 0  # CLIENT UNBLOCKs that woke a blocked read
+        self.streams_read = 0  # streams named in them
+        self.notifications = 0  # pub/sub messages about new entries in a stream someone reads
+        self.catch_ups = 0  # ends forgotten by a new consumer or a (re)subscription
+        self.sweeps = 0
         self._redis = redis
         self._reader = reader
-        self._reader_id: int | None = None  # CLIENT ID of the reader's connection
-        self._streams: dict[bytes, _Stream] = {}  # by key: the streams someone waits on
-        self._wake = asyncio.Event()
-        self._read_seq = 0  # the number of the read in flight, if any
-        self._in_flight = False
-        self._unblock_for: int | None = None  # the read an unblock was asked for
-        self._unblock_wanted = asyncio.Event()
-        self._next_check = 0.0  # when waiters that have waited long are next checked
+        self._pubsub = reader.pubsub()
+        self._streams: dict[str, _Stream] = {}  # by job id: the jobs with consumers here
+        self._by_channel: dict[bytes, _Stream] = {}
+        self._due: dict[_Stream, None] = {}  # streams to read next (insertion-ordered set)
+        self._wake = asyncio.Event()  # something is due
+        self._resubscribe = asyncio.Event()  # the channels wanted changed
+        self._next_sweep = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-
-    @property
-    def reader_id(self) -> int | None:
-        """CLIENT ID of the reader's connection (None before its first read or after an
-        error, until it reconnects)."""
-        return self._reader_id
 
     @property
     def waiting(self) -> int:
         """How many consumers wait for entries now."""
         return sum(len(stream.waiters) for stream in self._streams.values())
 
+    @property
+    def subscribed(self) -> int:
+        """How many jobs' channels the hub listens on (the jobs with consumers here)."""
+        return len(self._pubsub.channels)
+
+    def stats(self) -> dict[str, int]:
+        """The counters, for metrics."""
+        return {
+            "reads": self.reads,
+            "streams_read": self.streams_read,
+            "notifications": self.notifications,
+            "catch_ups": self.catch_ups,
+            "sweeps": self.sweeps,
+            "waiting": self.waiting,
+            "jobs": len(self._streams),
+        }
+
     async def start(self) -> None:
+        self._next_sweep = time.monotonic() + self.block_ms / 1000
         self._tasks = [
             asyncio.create_task(self._run(), name="tokenspool-hub-reader"),
-            asyncio.create_task(self._unblocker(), name="tokenspool-hub-unblocker"),
+            asyncio.create_task(self._listen(), name="tokenspool-hub-listener"),
+            asyncio.create_task(self._subscriber(), name="tokenspool-hub-subscriber"),
         ]
         for task in self._tasks:
             task.add_done_callback(_log_crash)
 
     async def stop(self) -> None:
         """Stop reading; every consumer still waiting gets ``HubClosedError``."""
+        # every loop also ends on its own once _closed is set: on Python 3.11 redis-py's sends
+        # run under asyncio.wait_for, which loses a cancellation that arrives as the send
+        # completes (bpo-42130), and the task would go on waiting
         self._closed = True
-        for task in reversed(self._tasks):  # the unblocker first: it only serves the reader
+        self._wake.set()
+        self._resubscribe.set()
+        for task in reversed(self._tasks):
             await stop_task(task)
         self._fail_all(HubClosedError("the stream hub stopped"))
+        await asyncio.shield(self._pubsub.aclose())
 
     async def tail(self, job_id: str, after: str = "0") -> AsyncGenerator[list[Entry], None]:
         """Yield the entries of ``job_id`` after ``after`` in batches, until (and including)
@@ -176,87 +195,106 @@ class Hub:
         the Redis error when Redis stays unreachable for ``reconnect_timeout``."""
         last = parse_event_id(after)
         expected_n: int | None = 1 if last == "0" else None
-        while True:
-            entries = await self._next(job_id, last)
-            if not entries:
-                continue  # the keys still exist after a whole BLOCK: wait again
-            batch: list[Entry] = []
-            for entry in entries:
-                raw_n = entry[1].get(b"n")
-                if raw_n is not None:
-                    n = int(raw_n)
-                    if expected_n is not None and n != expected_n:
-                        raise StreamGoneError(
-                            f"job {job_id}: events {expected_n}..{n - 1} were trimmed (stream "
-                            f"cap) before this reader got them; it read up to {last}"
-                        )
-                    expected_n = n + 1
-                batch.append(entry)
-                if entry[1].get(b"t") in _TERMINAL:
-                    yield batch
-                    return
-            last = entries[-1][0].decode()
-            yield batch
+        stream = self._open(job_id)
+        try:
+            first = True
+            while True:
+                entries = await self._next(stream, last, catch_up=first)
+                first = False
+                if not entries:
+                    continue  # the keys still exist after a while: wait again
+                batch: list[Entry] = []
+                for entry in entries:
+                    raw_n = entry[1].get(b"n")
+                    if raw_n is not None:
+                        n = int(raw_n)
+                        if expected_n is not None and n != expected_n:
+                            raise StreamGoneError(
+                                f"job {job_id}: events {expected_n}..{n - 1} were trimmed "
+                                f"(stream cap) before this reader got them; it read up to {last}"
+                            )
+                        expected_n = n + 1
+                    batch.append(entry)
+                    if entry[1].get(b"t") in _TERMINAL:
+                        yield batch
+                        return
+                last = entries[-1][0].decode()
+                yield batch
+        finally:
+            self._close(stream)
 
-    async def _next(self, job_id: str, after: str) -> list[Entry]:
-        """Wait for the entries of ``job_id`` after ``after`` (empty: none for a whole BLOCK)."""
+    def _open(self, job_id: str) -> _Stream:
+        """Count a consumer of ``job_id``; the first one asks for its channel."""
         if self._closed or not self._tasks or self._tasks[0].done():
             raise HubClosedError("the stream hub is not running")
+        stream = self._streams.get(job_id)
+        if stream is None:
+            stream = self._streams[job_id] = _Stream(job_id, self.keys)
+            self._by_channel[stream.channel] = stream
+            self._resubscribe.set()
+        stream.consumers += 1
+        return stream
+
+    def _close(self, stream: _Stream) -> None:
+        stream.consumers -= 1
+        if stream.consumers == 0 and self._streams.get(stream.job_id) is stream:
+            del self._streams[stream.job_id]
+            del self._by_channel[stream.channel]
+            self._due.pop(stream, None)
+            self._resubscribe.set()
+
+    async def _next(self, stream: _Stream, after: str, *, catch_up: bool) -> list[Entry]:
+        """Wait for the entries of ``stream`` after ``after`` (empty: none for a while)."""
+        if self._closed or self._tasks[0].done():
+            raise HubClosedError("the stream hub is not running")
         future: asyncio.Future[list[Entry]] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(job_id, after, id_tuple(after), future)
-        stream = self._add(waiter)
+        waiter = _Waiter(after, id_tuple(after), future)
+        stream.waiters.add(waiter)
+        if catch_up:  # whatever is known of the end was learnt without this consumer
+            self.catch_ups += 1
+            stream.forget_end()
+        if stream.needs_read(waiter.position):
+            self._due[stream] = None
+            self._wake.set()
         try:
-            # the hub answers every waiter within about a BLOCK, or fails it after the
+            # the sweep answers every waiter within a BLOCK, or the reader fails it after the
             # reconnect timeout; this deadline only guards against a hub that stopped answering
             async with asyncio.timeout(2 * self.block_ms / 1000 + self.reconnect_timeout + 30):
                 return await future
         finally:
-            self._discard(stream, waiter)
-
-    def _add(self, waiter: _Waiter) -> _Stream:
-        name = self.keys.events(waiter.job_id).encode()
-        stream = self._streams.get(name)
-        if stream is None:
-            stream = self._streams[name] = _Stream(name, self.keys.job(waiter.job_id))
-        stream.add(waiter)
-        self._wake.set()
-        if not self._in_flight or self._unblock_for is not None:
-            return stream  # the next read is built with it, or an unblock is on its way
-        read = stream.read
-        if read is None or read[0] != self._read_seq or waiter.position < read[1]:
-            self._unblock_for = self._read_seq  # the read in flight does not cover it
-            self._unblock_wanted.set()
-        return stream
-
-    def _discard(self, stream: _Stream, waiter: _Waiter) -> None:
-        stream.discard(waiter)
-        if not stream.waiters and self._streams.get(stream.name) is stream:
-            del self._streams[stream.name]
-        if not waiter.future.done():
-            waiter.future.cancel()
+            stream.waiters.discard(waiter)
+            if not future.done():
+                future.cancel()
 
     def _fail_all(self, exc: BaseException) -> None:
         for stream in self._streams.values():
             for waiter in stream.waiters:
                 if not waiter.future.done():
                     waiter.future.set_exception(exc)
-        self._streams.clear()
+            stream.waiters.clear()
+        self._due.clear()
+
+    # -- the reader ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
         failures = 0
         outage_started: float | None = None
         try:
-            while True:
-                if not self._streams:
-                    self._wake.clear()
-                    await self._wake.wait()  # nobody waits: no reads at all
-                    continue
+            while not self._closed:
+                self._wake.clear()
+                wait = self._next_sweep - time.monotonic()
+                if not self._due and wait > 0:
+                    try:
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass  # time for the sweep
                 try:
-                    self._dispatch(await self._read())
-                    if time.monotonic() >= self._next_check:
-                        await self._check_idle()
+                    if time.monotonic() >= self._next_sweep:
+                        await self._sweep()
+                    if self._due:
+                        await self._read()
                 except _REDIS_ERRORS as exc:
-                    self._reader_id = None  # the reader reconnects: a new client id
                     now = time.monotonic()
                     outage_started = outage_started or now
                     if now - outage_started > self.reconnect_timeout:
@@ -276,120 +314,161 @@ class Hub:
                     await asyncio.sleep(delay)
                     continue
                 failures, outage_started = 0, None
-                # let the consumers just served write and come back before the next XREAD
-                # is built, so they are in it instead of each needing an unblock
+                # let the consumers just served write and come back before the next read
                 await asyncio.sleep(0)
         finally:
             self._fail_all(HubClosedError("the stream hub's reader stopped"))
 
-    async def _read(self) -> list[Any]:
-        """One XREAD over every stream someone waits on, each after its smallest position.
-
-        The command is sent on the reader's connection as pre-encoded RESP (see ``_Stream``);
-        the connection's own read_response disconnects it on any error or cancellation."""
-        connection = (await self._reader.initialize()).connection
-        assert connection is not None  # a single-connection client holds one
-        if self._reader_id is None:
-            await connection.send_command("CLIENT", "ID")
-            self._reader_id = int(await connection.read_response())
-        now = time.monotonic()
-        if self._next_check <= now:
-            self._next_check = now + self.block_ms / 2000
-        # never BLOCK 0, which waits forever; wake for the next expiry check at the latest
-        block = max(1, min(self.block_ms, int((self._next_check - now) * 1000)))
-        self._read_seq += 1
-        streams = list(self._streams.values())
-        for stream in streams:
-            stream.read = (self._read_seq, stream.position)
-        command = b"".join(
-            (
-                b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n" % (6 + 2 * len(streams)),
-                _bulk(b"%d" % self.count),
-                b"$5\r\nBLOCK\r\n",
-                _bulk(b"%d" % block),
-                b"$7\r\nSTREAMS\r\n",
-                *(stream.key_arg for stream in streams),
-                *(stream.id_arg for stream in streams),
-            )
-        )
-        self._in_flight, self._unblock_for = True, None
+    async def _read(self) -> None:
+        """One non-blocking XREAD of the due streams, each after its smallest waiting position;
+        each waiter gets the entries after its own position."""
+        plan: list[tuple[_Stream, Position, int]] = []
+        ids: dict[bytes, str] = {}
+        for stream in self._due:
+            if any(stream.needs_read(w.position) for w in stream.waiters):
+                first = min(stream.waiters, key=lambda w: w.position)
+                plan.append((stream, first.position, stream.epoch))
+                ids[stream.key] = first.after
+        self._due.clear()
+        if not plan:
+            return
         self.reads += 1
+        self.streams_read += len(plan)
         try:
-            await connection.send_packed_command(command)
-            reply: list[Any] | None = await connection.read_response()
-        finally:
-            self._in_flight = False
-        return reply or []
+            reply: list[Any] = await self._reader.xread(ids, count=self.count)  # type: ignore[arg-type]
+        except BaseException:
+            for stream, _, _ in plan:  # read them again, whatever happened meanwhile
+                stream.forget_end()
+                self._due[stream] = None
+            raise
+        got: dict[bytes, list[Entry]] = {name: entries for name, entries in reply or ()}
+        for stream, read_from, epoch in plan:
+            self._dispatch(stream, read_from, epoch, got.get(stream.key, []))
 
-    def _dispatch(self, reply: list[Any]) -> None:
-        """Give each waiter of a stream the entries after its own position. A waiter behind
-        the position the stream was read from (it came after the read was sent) gets nothing
-        from this read: the entries in between are not in it."""
-        for name, raw_entries in reply:
-            stream = self._streams.get(name)
-            if stream is None or stream.read is None or not raw_entries:
+    def _dispatch(
+        self, stream: _Stream, read_from: Position, epoch: int, entries: list[Entry]
+    ) -> None:
+        full = len(entries) >= self.count
+        if full:
+            stream.end = None  # the stream may go on after this batch
+        elif stream.epoch == epoch:
+            # the read saw the stream's end: anything after it comes with a notification
+            top = _position(entries[-1][0]) if entries else read_from
+            stream.end = top if stream.end is None else max(stream.end, top)
+        if not entries:
+            return
+        first = _position(entries[0][0])
+        # a waiter behind the position the stream was read from (it came after the read was
+        # sent) gets nothing from this read: the entries in between are not in it
+        for waiter in list(stream.waiters):
+            if waiter.future.done() or waiter.position < read_from:
                 continue
-            entries: list[Entry] = [
-                (entry_id, dict(zip(values[::2], values[1::2], strict=True)))
-                for entry_id, values in raw_entries
-            ]
-            first = _position(entries[0][0])
-            read_from = stream.read[1]
-            for waiter in list(stream.waiters):
-                if waiter.future.done() or waiter.position < read_from:
-                    continue
-                if first > waiter.position:
-                    mine = entries
-                else:
-                    mine = [e for e in entries if _position(e[0]) > waiter.position]
-                if mine:
-                    waiter.future.set_result(mine)
-                    self._discard(stream, waiter)
+            if first > waiter.position:
+                mine = entries
+            else:
+                mine = [e for e in entries if _position(e[0]) > waiter.position]
+            if mine:
+                waiter.future.set_result(mine)
+                stream.waiters.discard(waiter)
+        # the others are caught up: a notification (handled meanwhile or to come) or a
+        # forgotten end already made the stream due again if it is not; a full batch did not
+        if full and stream.waiters:
+            self._due[stream] = None
 
-    async def _check_idle(self) -> None:
-        """Answer the waiters that have waited half a BLOCK or more: ``JobNotFoundError`` if
-        their keys expired meanwhile, otherwise an empty batch (they wait again). Runs every
-        half BLOCK, so an idle consumer is answered within a BLOCK, at one pipeline for all."""
+    async def _sweep(self) -> None:
+        """Read every stream someone waits on (a notification may have been lost), and answer
+        the waiters that have waited half a BLOCK or more: ``JobNotFoundError`` if their keys
+        expired meanwhile, otherwise an empty batch (they wait again)."""
         now = time.monotonic()
-        self._next_check = now + self.block_ms / 2000
+        self._next_sweep = now + self.block_ms / 1000
+        self.sweeps += 1
         idle = [
             (stream, waiter)
             for stream in self._streams.values()
             for waiter in stream.waiters
             if now - waiter.since >= self.block_ms / 2000
         ]
-        if not idle:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for stream, _ in idle:
-                pipe.exists(stream.key, stream.job_key)
-            found = await pipe.execute()
-        for (stream, waiter), exists in zip(idle, found, strict=True):
-            if waiter.future.done():
-                continue
-            if exists:
-                waiter.future.set_result([])
-            else:
-                waiter.future.set_exception(JobNotFoundError(waiter.job_id))
-            self._discard(stream, waiter)
+        if idle:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for stream, _ in idle:
+                    pipe.exists(stream.key, stream.job_key)
+                found = await pipe.execute()
+            for (stream, waiter), exists in zip(idle, found, strict=True):
+                if waiter.future.done():
+                    continue
+                if exists:
+                    waiter.future.set_result([])
+                else:
+                    waiter.future.set_exception(JobNotFoundError(stream.job_id))
+                stream.waiters.discard(waiter)
+        for stream in self._streams.values():
+            stream.forget_end()
+            if stream.waiters:
+                self._due[stream] = None
 
-    async def _unblocker(self) -> None:
-        """Send the unblocks ``_add`` asks for, from the pooled client (the reader is busy)."""
-        while True:
-            await self._unblock_wanted.wait()
-            self._unblock_wanted.clear()
-            for _ in range(_UNBLOCK_TRIES):
-                read, reader_id = self._unblock_for, self._reader_id
-                if read != self._read_seq or not self._in_flight or reader_id is None:
-                    break  # that read has ended (the next one is built with the newcomer)
-                try:
-                    woke = await self._redis.client_unblock(reader_id)
-                except _REDIS_ERRORS as exc:
-                    log.warning("stream hub: CLIENT UNBLOCK failed: %s", exc)
-                    break  # the read ends by its BLOCK timeout instead
-                if woke:
-                    self.unblocks += 1
-                    break
-                # 0: not blocked (yet): the XREAD may not have reached the server; try again
-                # once the loop has run, unless the read has ended meanwhile
-                await asyncio.sleep(0.001)
+    # -- notifications ------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Receive the notifications and the subscription confirmations. After a pub/sub
+        error it reconnects, which resubscribes every channel (redis-py's PubSub does), and
+        each confirmation is a catch-up."""
+        failures = 0
+        while not self._closed:
+            try:
+                await self._pubsub.connect()
+                self._resubscribe.set()  # channels wanted while it was away
+                while not self._closed:
+                    message = await self._pubsub.get_message(timeout=self.block_ms / 1000)
+                    failures = 0
+                    if message is not None:
+                        self._on_message(message)
+            except _REDIS_ERRORS as exc:
+                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+                failures += 1
+                log.warning("stream hub: pub/sub failed (%s); reconnecting in %ss", exc, delay)
+                await asyncio.sleep(delay)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        stream = self._by_channel.get(message["channel"])
+        if stream is None:
+            return  # a job whose consumers left (its UNSUBSCRIBE is on its way)
+        kind = message["type"]
+        if kind == "message":
+            self.notifications += 1
+            data = message["data"].decode()
+            if not EVENT_ID_RE.match(data):
+                log.warning("stream hub: job %s: bad notification %r", stream.job_id, data)
+                stream.forget_end()
+                top = None
+            else:
+                top = id_tuple(data)
+                stream.end = top if stream.end is None else max(stream.end, top)
+            if any(top is None or w.position < top for w in stream.waiters):
+                self._due[stream] = None
+                self._wake.set()
+        elif kind == "subscribe":
+            # entries written before the subscription took effect were not notified
+            self.catch_ups += 1
+            stream.forget_end()
+            if stream.waiters:
+                self._due[stream] = None
+                self._wake.set()
+
+    async def _subscriber(self) -> None:
+        """SUBSCRIBE to the channels of the jobs that gained consumers, UNSUBSCRIBE from
+        those that lost their last one, each change set in one command."""
+        while not self._closed:
+            await self._resubscribe.wait()
+            self._resubscribe.clear()
+            connection = self._pubsub.connection
+            if self._closed or connection is None or not connection.is_connected:
+                continue  # the listener reconnects, then asks again
+            current = set(self._pubsub.channels) - set(self._pubsub.pending_unsubscribe_channels)
+            wanted = set(self._by_channel)
+            try:
+                if wanted - current:
+                    await self._pubsub.subscribe(*(wanted - current))
+                if current - wanted:
+                    await self._pubsub.unsubscribe(*(current - wanted))
+            except _REDIS_ERRORS as exc:
+                log.warning("stream hub: (un)subscribe failed (%s); after the reconnect", exc)
