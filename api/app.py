@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             block_ms=settings.read_block_ms,
         )
         app.state.hub = hub
+        metrics.track_hub(hub.stats)
         await hub.start()
         try:
             yield
