@@ -335,9 +335,9 @@ class Hub:
         self.reads += 1
         self.streams_read += len(plan)
         try:
-            # on the reader's connection directly: Redis.xread's command path and reply
-            # parsing cost more than the read itself (measured); the connection disconnects
-            # itself on any error or cancellation, and reconnects on the next send
+            # on the reader's connection directly, without Redis.xread's command path and
+            # reply callbacks; the connection disconnects itself on any error or
+            # cancellation, and reconnects on the next send
             connection = (await self._reader.initialize()).connection
             assert connection is not None  # a single-connection client holds one
             keys = [stream.key for stream, _, _ in plan]
