@@ -10,10 +10,10 @@ from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from tokenspool import queue
-from tokenspool.connections import close, connect
+from tokenspool.connections import close, connect, connect_reader
 from tokenspool.errors import (
     IdempotencyConflictError,
     InvalidEventIdError,
@@ -22,6 +22,7 @@ from tokenspool.errors import (
     StreamGoneError,
     UnknownModelError,
 )
+from tokenspool.hub import Hub
 from tokenspool.jobs import JobAccepted, JobRequest, JobStatus, JobView
 from tokenspool.metrics import CONTENT_TYPE, ApiMetrics
 from tokenspool.model_list import ModelList
@@ -32,7 +33,7 @@ from tokenspool.tailer import check_retained, parse_event_id
 from .instrumentation import ErrorCounter
 from .limits import BodySizeLimit, request_limit_problem
 from .openai_routes import OpenAIRoutes
-from .streams import stream_head, tail_events, tracked
+from .streams import hub_of, sse_frames, stream_head, tracked
 from .ui_routes import ui_router
 from .websocket_routes import websocket_router
 
@@ -56,10 +57,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = connect(settings)
         app.state.pool = pool
         app.state.store = JobStore(pool, settings)
+        reader = connect_reader(settings)
+        hub = Hub(
+            pool,
+            reader,
+            keys=app.state.store.keys,
+            count=settings.read_count,
+            block_ms=settings.read_block_ms,
+        )
+        app.state.hub = hub
+        metrics.track_hub(hub.stats)
+        await hub.start()
         try:
             yield
         finally:
-            await close(pool)
+            try:
+                await hub.stop()
+            finally:
+                await reader.aclose()
+                await close(pool)
 
     app = FastAPI(
         title="tokenspool",
@@ -197,19 +213,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await check_retained(s.redis, s.keys.events(job_id), start)
         head = await stream_head(s, job_id)
 
-        async def stream() -> AsyncIterator[ServerSentEvent]:
+        hub = hub_of(request)
+
+        async def stream() -> AsyncIterator[bytes]:
             if head.ended_by(start):
                 return  # resumed at or after the terminal event: nothing is left
             with tracked(metrics, "sse", start):
-                events = tail_events(s, settings, job_id, start)
-                async with aclosing(events):
-                    async for event in events:
-                        yield ServerSentEvent(
-                            id=event.event_id,
-                            event=event.type,
-                            data=event.model_dump_json(),
-                        )
-                        metrics.relayed("sse", event.event_id, head.last)
+                batches = hub.tail(job_id, start)
+                async with aclosing(batches):
+                    async for batch in batches:
+                        # one write per batch, straight from the entries (no pydantic)
+                        yield sse_frames(job_id, batch)
+                        metrics.relayed_batch("sse", [entry_id for entry_id, _ in batch], head.last)
 
         return EventSourceResponse(
             stream(),

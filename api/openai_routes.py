@@ -44,7 +44,7 @@ from tokenspool.store import JobStore
 from tokenspool.tailer import check_retained, parse_event_id
 
 from .limits import request_limit_problem
-from .streams import stream_head, tail_events, tracked
+from .streams import hub_of, stream_head, tracked
 
 JOB_ID_HEADER = "X-Tokenspool-Job-Id"
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -140,8 +140,8 @@ class OpenAIRoutes:
         created_at = await self._created_at(store, job_id)
         if body.stream:
             formatter = ChunkFormatter(job_id, body.model, created_at, body.include_usage)
-            return self._stream(store, job_id, "0", formatter, headers)
-        return await self._wait(store, job_id, created_at, headers)
+            return self._stream(request, job_id, "0", formatter, headers)
+        return await self._wait(request, job_id, created_at, headers)
 
     async def events(
         self,
@@ -171,7 +171,7 @@ class OpenAIRoutes:
         if start != "0":
             await self._replay(store, job_id, start, formatter)
             formatter.role_sent = True  # the client has the first chunk, or its head was trimmed
-        return self._stream(store, job_id, start, formatter, {JOB_ID_HEADER: job_id})
+        return self._stream(request, job_id, start, formatter, {JOB_ID_HEADER: job_id})
 
     async def _replay(
         self, store: JobStore, job_id: str, through: str, formatter: ChunkFormatter
@@ -189,24 +189,36 @@ class OpenAIRoutes:
 
     def _stream(
         self,
-        store: JobStore,
+        request: Request,
         job_id: str,
         start: str,
         formatter: ChunkFormatter,
         headers: dict[str, str],
     ) -> EventSourceResponse:
+        store: JobStore = request.app.state.store
+        hub = hub_of(request)
+
         async def frames() -> AsyncIterator[bytes]:
             head = await stream_head(store, job_id)
             with tracked(self.metrics, TRANSPORT, start):
                 if formatter.done:
                     return  # the client already had the end
-                events = tail_events(store, self.settings, job_id, start)
+                batches = hub.tail(job_id, start)
                 try:
-                    async with aclosing(events):
-                        async for event in events:
-                            for frame in formatter.feed(event):
-                                yield frame.encode()
-                            self.metrics.relayed(TRANSPORT, event.event_id, head.last)
+                    async with aclosing(batches):
+                        async for batch in batches:
+                            out: list[bytes] = []
+                            fed = 0
+                            for entry_id, fields in batch:
+                                event = from_entry(job_id, entry_id, fields)
+                                out.extend(frame.encode() for frame in formatter.feed(event))
+                                fed += 1
+                                if formatter.done:
+                                    break
+                            if out:
+                                yield b"".join(out)  # one write per batch
+                            ids = [entry_id for entry_id, _ in batch[:fed]]
+                            self.metrics.relayed_batch(TRANSPORT, ids, head.last)
                             if formatter.done:
                                 return
                 except StreamGoneError as exc:  # fell behind the stream cap: say so, then end
@@ -222,16 +234,17 @@ class OpenAIRoutes:
         )
 
     async def _wait(
-        self, store: JobStore, job_id: str, created_at: int, headers: dict[str, str]
+        self, request: Request, job_id: str, created_at: int, headers: dict[str, str]
     ) -> Response:
         """Follow the job to its terminal event (bounded by the job timeout), then answer."""
+        store: JobStore = request.app.state.store
         timeout = self.settings.job_timeout_seconds
         try:
             async with asyncio.timeout(timeout):
-                events = tail_events(store, self.settings, job_id, "0")
-                async with aclosing(events):
-                    async for _event in events:
-                        pass  # tail ends after the terminal event
+                batches = hub_of(request).tail(job_id, "0")
+                async with aclosing(batches):
+                    async for _batch in batches:
+                        pass  # the tail ends after the terminal event
             view = await store.view(job_id)
         except TimeoutError:
             return _error(

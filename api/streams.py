@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import cast
 
-from tokenspool.events import TERMINAL_TYPES, Event, as_text
+from starlette.requests import HTTPConnection
+
+from tokenspool.events import TERMINAL_TYPES, as_text, entry_json
+from tokenspool.hub import Entry, Hub
 from tokenspool.keys import E_TYPE
 from tokenspool.metrics import ApiMetrics
-from tokenspool.settings import Settings
 from tokenspool.store import JobStore
-from tokenspool.tailer import id_tuple, tail
+from tokenspool.tailer import id_tuple
 
 
-def tail_events(
-    store: JobStore, settings: Settings, job_id: str, start: str
-) -> AsyncGenerator[Event, None]:
-    """``tail`` with the API's read settings, typed as the generator it is (for ``aclosing``)."""
-    events = tail(
-        store.redis,
-        job_id,
-        start,
-        keys=store.keys,
-        count=settings.read_count,
-        block_ms=settings.read_block_ms,
+def hub_of(connection: HTTPConnection) -> Hub:
+    """The app's stream hub (started in the lifespan)."""
+    hub: Hub = connection.app.state.hub
+    return hub
+
+
+def sse_frames(job_id: str, batch: list[Entry]) -> bytes:
+    """A batch of entries as SSE events (``id``, ``event``, ``data`` = the event's JSON), byte
+    for byte what sse-starlette's ``ServerSentEvent(id=, event=, data=model_dump_json())``
+    writes with its default ``\\r\\n`` separator: ids and types hold no line breaks, nor does
+    compact JSON."""
+    job = json.dumps(job_id).encode()
+    return b"".join(
+        b"id: %s\r\nevent: %s\r\ndata: %s\r\n\r\n"
+        % (entry_id, fields.get(b"t", b""), entry_json(job_id, entry_id, fields, job))
+        for entry_id, fields in batch
     )
-    return cast(AsyncGenerator[Event, None], events)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ Redis failed mid-stream; 1013 Redis unavailable at the start.
 from __future__ import annotations
 
 import asyncio
+import json
 from contextlib import aclosing
 from typing import Annotated
 
@@ -18,12 +19,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from tokenspool.errors import InvalidEventIdError, JobNotFoundError, StreamGoneError
+from tokenspool.events import entry_json
 from tokenspool.metrics import ApiMetrics
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore
 from tokenspool.tailer import check_retained, parse_event_id
 
-from .streams import StreamHead, stream_head, tail_events, tracked
+from .streams import StreamHead, hub_of, stream_head, tracked
 
 TRANSPORT = "websocket"
 MAX_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes, 2 of them the code
@@ -46,24 +48,28 @@ def websocket_router(settings: Settings, metrics: ApiMetrics) -> APIRouter:
     router = APIRouter(tags=["jobs"])
 
     async def relay(
-        websocket: WebSocket, store: JobStore, job_id: str, start: str, head: StreamHead
+        websocket: WebSocket, job_id: str, start: str, head: StreamHead
     ) -> tuple[int, str] | None:
-        """Send the events up to the terminal one, each after the previous send completed (at
-        most one XREAD batch held). Returns the close (code, reason), or None if the client
-        left; a task listening for the client's disconnect runs alongside."""
+        """Send the events up to the terminal one, a message each, a batch at a time (at most
+        one XREAD batch held). Returns the close (code, reason), or None if the client left; a
+        task listening for the client's disconnect runs alongside."""
         result: tuple[int, str] | None = None
         last = start
+        job_json = json.dumps(job_id).encode()
 
         async def pump() -> None:
             nonlocal result, last
-            events = tail_events(store, settings, job_id, start)
+            batches = hub_of(websocket).tail(job_id, start)
             try:
-                async with aclosing(events):
-                    async for event in events:
+                async with aclosing(batches):
+                    async for batch in batches:
                         async with asyncio.timeout(settings.send_timeout_seconds):
-                            await websocket.send_text(event.model_dump_json())
-                        metrics.relayed(TRANSPORT, event.event_id, head.last)
-                        last = event.event_id or last
+                            for entry_id, fields in batch:
+                                data = entry_json(job_id, entry_id, fields, job_json)
+                                await websocket.send_text(data.decode())
+                                last = entry_id.decode()
+                        ids = [entry_id for entry_id, _ in batch]
+                        metrics.relayed_batch(TRANSPORT, ids, head.last)
                 result = (1000, "job ended")
             except WebSocketDisconnect:
                 result = None
@@ -118,7 +124,7 @@ def websocket_router(settings: Settings, metrics: ApiMetrics) -> APIRouter:
             await _close(websocket, 1013, "Redis unavailable")
             return
         with tracked(metrics, TRANSPORT, start):
-            result = await relay(websocket, store, job_id, start, head)
+            result = await relay(websocket, job_id, start, head)
         if result is not None:
             await _close(websocket, *result)
 

@@ -150,3 +150,25 @@ async def test_connected_stream_clients_are_gauged_while_they_stay(
     await wait_until(lambda: no_clients(http, "websocket"))
 
     assert await client.cancel(job.id) in ("cancelling", "cancelled")
+
+
+async def test_streamed_job_moves_the_hubs_read_notification_and_catch_up_counters(
+    http: httpx.AsyncClient,
+) -> None:
+    before = await scrape(http)
+
+    response = await http.post(
+        "/v1/jobs", json=prompt_body("metrics hub [fake chunks=5 delay_ms=50]")
+    )
+    events = await sse_events(http, response.json()["id"])
+    after = await scrape(http)
+
+    assert events[-1]["event"] == "job.completed"
+    assert delta(before, after, "tokenspool_hub_reads_total") >= 1
+    assert delta(before, after, "tokenspool_hub_streams_read_total") >= 1
+    # the stream is read while the job runs (5 chunks 50 ms apart), so the worker's writes
+    # reach the hub as notifications
+    assert delta(before, after, "tokenspool_hub_notifications_total") >= 1
+    assert delta(before, after, "tokenspool_hub_catch_ups_total") >= 1
+    assert ("tokenspool_hub_sweeps_total", ()) in after
+    assert ("tokenspool_hub_waiting", ()) in after and ("tokenspool_hub_jobs", ()) in after

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from arq.connections import ArqRedis
-from redis.asyncio import ConnectionPool
+from redis.asyncio import ConnectionPool, Redis
 
 from .settings import Settings
 
@@ -52,3 +52,16 @@ async def close(redis: ArqRedis) -> None:
     would leave them open)."""
     await redis.aclose()
     await redis.connection_pool.disconnect()
+
+
+def connect_reader(settings: Settings) -> Redis:
+    """A client that keeps one connection to itself (the stream hub's reader). No health
+    checks and no retries behind its back: its CLIENT ID changes only when it reconnects
+    after an error, which the hub sees."""
+    return Redis.from_url(
+        settings.redis_url,
+        single_connection_client=True,
+        socket_timeout=settings.read_block_ms / 1000 + 5,
+        socket_connect_timeout=5,
+        health_check_interval=0,
+    )

@@ -46,6 +46,11 @@ class Keys:
     def events(self, job_id: str) -> str:
         return f"{self.prefix}:{{{job_id}}}:events"
 
+    def written(self, job_id: str) -> str:
+        """Pub/sub channel on which every script that appends to the job's stream publishes
+        the id of its last entry (the scripts derive it from ``events``: keep the two alike)."""
+        return f"{self.prefix}:{{{job_id}}}:written"
+
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idempotency:{key}"
 

@@ -4,9 +4,12 @@ apps in one process never collide on the global default registry)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .tailer import id_tuple
 
@@ -15,6 +18,35 @@ __all__ = ["CONTENT_TYPE", "ApiMetrics"]
 # label values: bounded sets, never ids or paths
 TRANSPORTS = ("sse", "sse_openai", "websocket")
 SURFACES = ("jobs", "chat_completions")
+
+
+# the stream hub's counters (tokenspool.hub.Hub.stats), read when scraped: name, help, kind
+HUB_METRICS = (
+    ("reads", "XREADs the stream hub sent", "counter"),
+    ("streams_read", "Streams named in the stream hub's XREADs", "counter"),
+    ("notifications", "New-entry notifications the stream hub received", "counter"),
+    (
+        "catch_ups",
+        "Streams read without a notification: a new consumer or a (re)subscription",
+        "counter",
+    ),
+    ("sweeps", "Sweeps of every waiting stream (lost notifications, expired keys)", "counter"),
+    ("waiting", "Consumers waiting on the stream hub now", "gauge"),
+    ("jobs", "Jobs the stream hub has consumers for (and is subscribed to) now", "gauge"),
+)
+
+
+class _HubCollector(Collector):
+    """Exports the stream hub's own counters at scrape time (nothing to update per read)."""
+
+    def __init__(self) -> None:
+        self.stats: Callable[[], Mapping[str, int]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats() if self.stats is not None else {}
+        for name, doc, kind in HUB_METRICS:
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(f"tokenspool_hub_{name}", doc, value=stats.get(name, 0))
 
 
 class ApiMetrics:
@@ -78,17 +110,38 @@ class ApiMetrics:
             self.stream_resumes.labels(transport)
             self.events_relayed.labels(transport)
             self.events_replayed.labels(transport)
+        self._hub = _HubCollector()
+        r.register(self._hub)
+        # per-event metrics, looked up once rather than with labels() per event
+        self._children = {
+            t: (
+                self.events_relayed.labels(t),
+                self.events_replayed.labels(t),
+                self.consumer_lag.labels(t),
+            )
+            for t in TRANSPORTS
+        }
 
-    def relayed(self, transport: str, event_id: str | None, head: tuple[int, int]) -> None:
-        """Count one event sent: relayed, replayed if it predates the connection (``head`` is
-        the stream's last id then), and its age (consumer lag; stream ids carry milliseconds)."""
-        self.events_relayed.labels(transport).inc()
-        if not event_id:
-            return
-        position = id_tuple(event_id)
-        if position <= head:
-            self.events_replayed.labels(transport).inc()
-        self.consumer_lag.labels(transport).observe(max(0.0, time.time() - position[0] / 1000))
+    def track_hub(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Export the stream hub's counters (``Hub.stats``) from now on."""
+        self._hub.stats = stats
+
+    def relayed_batch(
+        self, transport: str, entry_ids: Sequence[bytes | str], head: tuple[int, int]
+    ) -> None:
+        """Count a batch of events sent together: relayed, replayed if they predate the
+        connection (``head`` is the stream's last id then), and each one's age (consumer lag;
+        stream ids carry milliseconds). The counters move once per batch."""
+        children = self._children[transport]
+        children[0].inc(len(entry_ids))
+        now_ms = time.time() * 1000
+        replayed = 0
+        for entry_id in entry_ids:
+            position = id_tuple(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+            replayed += position <= head
+            children[2].observe(max(0.0, now_ms - position[0]) / 1000)
+        if replayed:
+            children[1].inc(replayed)
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format."""

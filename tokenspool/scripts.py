@@ -5,16 +5,29 @@ Every entry carries ``n``, its ordinal in the stream (from 1, counted on the job
 reader can tell a trimmed gap from a quiet stream.
 Events are passed as (type, data-json) pairs; the attempt field is added here so that a
 write can never carry an attempt other than the one it was fenced on.
+Every script that appends to the stream then PUBLISHes the id of its last entry on the job's
+channel (``Keys.written``), which the API's stream hub reads streams on; with no subscriber a
+PUBLISH costs Redis one lookup.
 """
 
 from __future__ import annotations
+
+# the job's notification channel, Keys.written(): the events key with 'written' for 'events'
+# (a channel is not a key, so it need not be passed in KEYS)
+_NOTIFY = """
+local function notify(id)
+  redis.call('PUBLISH', string.sub(KEYS[2], 1, -7) .. 'written', id)
+end
+"""
 
 # Start (or restart) an attempt. ARGV: worker, now, maxlen, active_ttl, retry_reason, lease_ms,
 # owner_attempt ('' unless the current attempt's own worker restarts it after an error).
 # A running job is taken over only when its lease (``lease_until``, Redis server time in ms)
 # has expired, or by its owner. Returns {"started", attempt} | {"busy", attempt} |
 # {"cancelled", attempt} | {final status} | {"missing"}; "started" also returns created_at.
-START = """
+START = (
+    _NOTIFY
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then
@@ -31,9 +44,9 @@ if status == 'running' and ARGV[7] ~= tostring(prev) then
 end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'lease_until', '0')
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
+  notify(redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
     'n', redis.call('HINCRBY', KEYS[1], 'n', 1), 't', 'job.cancelled', 'a', tostring(prev),
-    'd', '{"reason":"cancelled before it started","usage":null}')
+    'd', '{"reason":"cancelled before it started","usage":null}'))
   return {'cancelled', prev}
 end
 if status == 'running' then
@@ -44,13 +57,14 @@ if status == 'running' then
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', attempt, 'worker', ARGV[1],
   'started_at', ARGV[2], 'wseq', '0', 'lease_until', now_ms + tonumber(ARGV[6]))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
+notify(redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
   'n', redis.call('HINCRBY', KEYS[1], 'n', 1), 't', 'job.started',
-  'a', tostring(attempt), 'd', cjson.encode({worker = ARGV[1]}))
+  'a', tostring(attempt), 'd', cjson.encode({worker = ARGV[1]})))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return {'started', attempt, redis.call('HGET', KEYS[1], 'created_at') or '0'}
 """
+)
 
 # Renew (ARGV: attempt, lease_ms) or release (lease_ms = 0) the lease of a running attempt.
 # Returns 1 while the attempt still owns the job, 0 once it does not.
@@ -73,7 +87,9 @@ return 1
 #       then n_events pairs (type, data), then hash field/value pairs to set when final.
 # batch_seq numbers the writes of one attempt from 1, so a write retried after a lost reply
 # is applied once. Returns the last entry id ('' for a repeat), or an error reply FENCED ...
-WRITE = """
+WRITE = (
+    _NOTIFY
+    + """
 local attempt = redis.call('HGET', KEYS[1], 'attempt')
 local status = redis.call('HGET', KEYS[1], 'status')
 local seq = tonumber(redis.call('HGET', KEYS[1], 'wseq') or '0')
@@ -100,13 +116,17 @@ if ARGV[4] ~= '' then
   redis.call('EXPIRE', KEYS[1], ARGV[6])
   redis.call('EXPIRE', KEYS[2], ARGV[6])
 end
+if last ~= '' then notify(last) end
 return last
 """
+)
 
 # Cancel. ARGV: now, ttl, maxlen, reason, channel, job_id.
 # Returns {"cancelled"} (was queued, now final) | {"cancelling"} (running; the worker
 # finishes it) | {status} (already final) | {"missing"}.
-CANCEL = """
+CANCEL = (
+    _NOTIFY
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then
@@ -116,9 +136,9 @@ if status == 'queued' then
   local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1],
     'cancel_requested', '1')
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
+  notify(redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
     'n', redis.call('HINCRBY', KEYS[1], 'n', 1), 't', 'job.cancelled', 'a', attempt,
-    'd', cjson.encode({reason = ARGV[4]}))
+    'd', cjson.encode({reason = ARGV[4]})))
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
   return {'cancelled'}
@@ -127,3 +147,4 @@ redis.call('HSET', KEYS[1], 'cancel_requested', '1', 'cancel_reason', ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return {'cancelling'}
 """
+)

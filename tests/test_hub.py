@@ -1,0 +1,344 @@
+"""The stream hub against the session's Valkey: reads woken by the writers' notifications and
+shared by many consumers, each of which gets exactly the entries after its own position, as
+``tail()`` would give it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from tokenspool.connections import connect_reader
+from tokenspool.errors import JobNotFoundError, StreamGoneError
+from tokenspool.events import ContentDelta, JobCompleted
+from tokenspool.hub import Entry, Hub, HubClosedError
+from tokenspool.jobs import JobRequest
+from tokenspool.keys import Keys
+from tokenspool.settings import Settings
+from tokenspool.stack import Stack
+from tokenspool.store import JobStore
+
+from .helpers import wait_until
+from .proxy import DroppingProxy
+
+HubFactory = Callable[..., Awaitable[Hub]]
+
+
+@pytest.fixture
+def hub_keys() -> Keys:
+    """A key prefix of its own, so these jobs never meet the stack's."""
+    return Keys(f"hubtest-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+async def hub_factory(
+    redis: Redis, settings: Settings, hub_keys: Keys
+) -> AsyncIterator[HubFactory]:
+    """Makes started hubs (reading through ``redis_url`` if given); stops them all after."""
+    made: list[tuple[Hub, Redis]] = []
+
+    async def make(*, block_ms: int = 1000, count: int = 100, redis_url: str | None = None) -> Hub:
+        reader_settings = settings.model_copy(
+            update={"read_block_ms": block_ms, "redis_url": redis_url or settings.redis_url}
+        )
+        reader = connect_reader(reader_settings)
+        hub = Hub(redis, reader, keys=hub_keys, count=count, block_ms=block_ms)
+        await hub.start()
+        made.append((hub, reader))
+        return hub
+
+    yield make
+    for hub, reader in made:
+        await hub.stop()
+        await reader.aclose()
+
+
+class Job:
+    """A job's hash and stream written the way the worker writes them (ordinals from 1, and
+    the last id published on the job's channel, unless ``notify=False``)."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.id = f"job_{uuid.uuid4().hex}"
+        self.redis = redis
+        self.keys = keys
+        self.ids: list[str] = []
+
+    async def append(self, count: int, *, terminal: bool = False, notify: bool = True) -> list[str]:
+        await self.redis.hset(self.keys.job(self.id), "status", "running")
+        added = []
+        for i in range(count):
+            last = terminal and i == count - 1
+            event = (
+                JobCompleted(job_id=self.id, attempt=1)
+                if last
+                else ContentDelta(job_id=self.id, attempt=1, text=f"t{len(self.ids)}")
+            )
+            fields: dict[Any, Any] = {"n": len(self.ids) + 1, **event.to_fields()}
+            entry_id = await self.redis.xadd(self.keys.events(self.id), fields)
+            self.ids.append(entry_id.decode())
+            added.append(entry_id.decode())
+        if notify and added:
+            await self.redis.publish(self.keys.written(self.id), added[-1])
+        return added
+
+
+async def collect(hub: Hub, job_id: str, after: str = "0") -> list[str]:
+    """Every entry id a consumer after ``after`` gets, to the terminal one."""
+    got: list[str] = []
+    async with aclosing(hub.tail(job_id, after)) as batches:
+        async for batch in batches:
+            got += [entry_id.decode() for entry_id, _ in batch]
+    return got
+
+
+async def test_consumers_of_one_job_at_different_offsets_each_get_exactly_the_entries_after_theirs(
+    redis: Redis, hub_keys: Keys, hub_factory: HubFactory
+) -> None:
+    hub = await hub_factory(count=7)  # several batches each, read from different positions
+    job = Job(redis, hub_keys)
+    early = await job.append(10)
+    offsets = ["0", early[3], early[9], "0", early[0]]
+
+    consumers = [asyncio.create_task(collect(hub, job.id, after)) for after in offsets]
+    await job.append(30)
+    await job.append(1, terminal=True)
+    results = await asyncio.gather(*consumers)
+
+    for after, got in zip(offsets, results, strict=True):
+        expected = job.ids if after == "0" else job.ids[job.ids.index(after) + 1 :]
+        assert got == expected
+
+
+async def test_consumer_registering_while_others_wait_gets_its_entries_without_a_sweep(
+    redis: Redis, hub_keys: Keys, hub_factory: HubFactory
+) -> None:
+    hub = await hub_factory(block_ms=60_000)  # no sweep within the test's timeout
+    idle, busy = Job(redis, hub_keys), Job(redis, hub_keys)
+    idle_after = (await idle.append(1))[0]
+    waiting = asyncio.create_task(collect(hub, idle.id, idle_after))
+
+    async def idle_subscribed() -> bool:
+        return hub.waiting == 1 and hub.subscribed == 1
+
+    await wait_until(idle_subscribed)
+    await busy.append(2)
+
+    async with aclosing(hub.tail(busy.id)) as batches:
+        first: list[Entry] = await anext(batches)  # the catch-up read
+        later = await busy.append(3)  # published: the notification wakes the read
+        second: list[Entry] = await anext(batches)
+
+    assert [entry_id.decode() for entry_id, _ in first] == busy.ids[:2]
+    assert [entry_id.decode() for entry_id, _ in second] == later
+    assert hub.sweeps == 0 and hub.notifications >= 1
+    assert not waiting.done() and hub.waiting == 1
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+async def test_entry_whose_notification_was_lost_is_delivered_by_the_sweep(
+    redis: Redis, hub_keys: Keys, hub_factory: HubFactory
+) -> None:
+    hub = await hub_factory(block_ms=200)
+    job = Job(redis, hub_keys)
+    after = (await job.append(1))[0]
+    consumer = asyncio.create_task(collect(hub, job.id, after))
+
+    async def caught_up() -> bool:  # subscribed, and its catch-up read is done
+        return hub.waiting == 1 and hub.subscribed == 1 and hub.reads >= 1
+
+    await wait_until(caught_up)
+    sweeps = hub.sweeps
+    await job.append(2, notify=False)
+    await job.append(1, terminal=True, notify=False)
+
+    assert await consumer == job.ids[1:]
+    assert hub.sweeps > sweeps
+
+
+async def test_reads_name_only_the_streams_with_new_entries(
+    redis: Redis, hub_keys: Keys, hub_factory: HubFactory
+) -> None:
+    hub = await hub_factory(block_ms=60_000)
+    quiet = [Job(redis, hub_keys) for _ in range(20)]
+    waiting = [asyncio.create_task(collect(hub, job.id, (await job.append(1))[0])) for job in quiet]
+    busy = Job(redis, hub_keys)
+
+    async def all_caught_up() -> bool:
+        return hub.waiting == len(quiet) and hub.subscribed == len(quiet)
+
+    await wait_until(all_caught_up)
+    reads, streams_read = hub.reads, hub.streams_read
+    got: list[str] = []
+    async with aclosing(hub.tail(busy.id)) as batches:
+        for _ in range(10):
+            await busy.append(1)
+            got += [entry_id.decode() for entry_id, _ in await anext(batches)]
+
+    assert got == busy.ids
+    assert hub.reads - reads >= 1
+    assert hub.streams_read - streams_read == hub.reads - reads  # the busy stream alone
+    assert hub.sweeps == 0
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def test_every_script_that_appends_publishes_its_last_id_on_the_jobs_channel(
+    redis: Redis, hub_keys: Keys, settings: Settings
+) -> None:
+    store = JobStore(redis, settings.model_copy(update={"key_prefix": hub_keys.prefix}))
+    request = JobRequest.model_validate(
+        {"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    running, queued = f"job_{uuid.uuid4().hex}", f"job_{uuid.uuid4().hex}"
+    await store.create(running, request)
+    await store.create(queued, request)
+    pubsub = redis.pubsub()
+    try:
+        await pubsub.subscribe(hub_keys.written(running), hub_keys.written(queued))
+
+        async def published() -> tuple[str, str]:
+            while True:
+                message = await pubsub.get_message(timeout=10)
+                assert message is not None, "no message within 10 s"
+                if message["type"] == "message":
+                    return message["channel"].decode(), message["data"].decode()
+
+        async def last_id(job_id: str) -> str:
+            [(entry_id, _)] = await redis.xrevrange(hub_keys.events(job_id), count=1)
+            return str(entry_id.decode())
+
+        for _ in range(2):  # the two subscribe confirmations
+            assert (await pubsub.get_message(timeout=10) or {}).get("type") == "subscribe"
+        started = await store.start(running, "w1")
+        assert await published() == (hub_keys.written(running), await last_id(running))
+        written = await store.write(running, started.attempt, [("content.delta", "{}")] * 2, 1)
+        assert await published() == (hub_keys.written(running), written)
+        final = await store.write(
+            running, started.attempt, [("job.completed", "{}")], 2, "completed", {}
+        )
+        assert await published() == (hub_keys.written(running), final)
+        assert await store.cancel(queued) == "cancelled"
+        assert await published() == (hub_keys.written(queued), await last_id(queued))
+    finally:
+        await pubsub.aclose()
+
+
+async def test_reader_connection_loss_mid_stream_resumes_without_loss_or_duplicates(
+    redis: Redis,
+    hub_keys: Keys,
+    hub_factory: HubFactory,
+    stack: Stack,
+    proxy_factory: Callable[[int], Awaitable[DroppingProxy]],
+) -> None:
+    proxy = await proxy_factory(stack.redis.port)
+    # no sweep within the test: what is lost while the connections are down comes back by
+    # the reads' retry and the resubscription's catch-up
+    hub = await hub_factory(redis_url=f"redis://127.0.0.1:{proxy.port}/0", count=4, block_ms=60_000)
+    job = Job(redis, hub_keys)
+    got: list[str] = []
+    halfway = asyncio.Event()
+
+    async def consume() -> None:
+        async with aclosing(hub.tail(job.id)) as batches:
+            async for batch in batches:
+                got.extend(entry_id.decode() for entry_id, _ in batch)
+                if len(got) == 10:
+                    halfway.set()
+
+    consumer = asyncio.create_task(consume())
+    await job.append(10)
+    await halfway.wait()
+    dropped = proxy.drop_all()
+    await job.append(10)
+    await job.append(1, terminal=True)
+    await consumer
+
+    assert dropped >= 2 and proxy.connections >= 4  # the reader's and the pub/sub's, twice
+    assert got == job.ids
+    assert hub.sweeps == 0
+
+
+async def test_entries_trimmed_before_a_consumer_read_them_raise_stream_gone(
+    redis: Redis, hub_keys: Keys, hub_factory: HubFactory
+) -> None:
+    hub = await hub_factory(count=3)
+    job = Job(redis, hub_keys)
+    await job.append(3)
+
+    async with aclosing(hub.tail(job.id)) as batches:
+        first = await anext(batches)  # the consumer is busy with these meanwhile:
+        await job.append(10)
+        await redis.xtrim(hub_keys.events(job.id), maxlen=2, approximate=False)
+
+        with pytest.raises(StreamGoneError, match=r"events 4\.\.11 were trimmed"):
+            await anext(batches)
+
+    assert len(first) == 3
+
+
+async def test_consumer_that_disconnects_is_removed_from_the_hub_at_once(
+    redis: Redis, hub_keys: Keys, hub_factory: HubFactory
+) -> None:
+    hub = await hub_factory(block_ms=60_000)
+    job = Job(redis, hub_keys)
+    after = (await job.append(1))[0]
+    consumer = asyncio.create_task(collect(hub, job.id, after))
+
+    async def registered() -> bool:
+        return hub.waiting == 1
+
+    await wait_until(registered)
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+
+    assert hub.waiting == 0
+
+    async def unsubscribed() -> bool:
+        return hub.subscribed == 0
+
+    await wait_until(unsubscribed)
+
+
+async def test_keys_expiring_while_a_consumer_waits_raise_job_not_found(
+    redis: Redis, hub_keys: Keys, hub_factory: HubFactory
+) -> None:
+    hub = await hub_factory(block_ms=100)
+    job = Job(redis, hub_keys)
+    after = (await job.append(1))[0]
+    consumer = asyncio.create_task(collect(hub, job.id, after))
+
+    async def registered() -> bool:
+        return hub.waiting == 1
+
+    await wait_until(registered)
+    await redis.delete(hub_keys.events(job.id), hub_keys.job(job.id))
+
+    with pytest.raises(JobNotFoundError):
+        await consumer
+
+
+async def test_stopping_the_hub_fails_its_waiting_consumers(
+    redis: Redis, hub_keys: Keys, hub_factory: HubFactory
+) -> None:
+    hub = await hub_factory(block_ms=60_000)
+    job = Job(redis, hub_keys)
+    after = (await job.append(1))[0]
+    consumer = asyncio.create_task(collect(hub, job.id, after))
+
+    async def registered() -> bool:
+        return hub.waiting == 1
+
+    await wait_until(registered)
+    await hub.stop()
+
+    with pytest.raises(HubClosedError):
+        await consumer

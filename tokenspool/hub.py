@@ -1,0 +1,484 @@
+"""One shared reader for every stream consumer of a process, woken by the writers.
+
+``tail()`` gives each consumer its own ``XREAD BLOCK`` on its own connection: a round trip per
+chunk per consumer, and a pooled connection per open stream. The hub instead keeps the
+consumers of a process and reads a job's stream only when it may hold something a waiting
+consumer has not got. Every script that appends to a stream also PUBLISHes the id of its last
+entry on the job's channel (``Keys.written``); the hub SUBSCRIBEs to the channels of the jobs
+it has consumers for and, when notified, reads only the notified streams, each from its
+smallest waiting position, with one non-blocking ``XREAD COUNT STREAMS ...``. One read is in
+flight at a time: notifications that arrive meanwhile are gathered into the next, so reads
+batch themselves under load. Redis then works per entry written, not per open stream.
+
+It is a pull model as ``tail()`` is: a consumer busy writing to its client is not waiting, so
+nothing is read or held for it, and what it is given is at most one ``COUNT`` batch.
+
+For each stream the hub knows an ``end``: an id such that every entry after it is still to be
+notified (or None: unknown, a read will tell). A waiter at or after ``end`` needs no read. A
+lost notification costs latency, never data:
+
+- a consumer's first wait is a catch-up read, after its job's SUBSCRIBE was sent; the
+  subscription's confirmation makes ``end`` unknown again (entries may have been written
+  between that read and the SUBSCRIBE), and so does the resubscription after the pub/sub
+  connection reconnects;
+- every ``block_ms`` a sweep reads every stream someone waits on, answers the waiters whose
+  keys expired with ``JobNotFoundError`` and the others that waited half of it with an empty
+  batch (their wait starts over, so no wait outlives its deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import JobNotFoundError, StreamGoneError, TokenspoolError
+from .events import TERMINAL_TYPES
+from .keys import Keys
+from .tailer import EVENT_ID_RE, RECONNECT_DELAYS, id_tuple, parse_event_id
+from .tasks import stop_task
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[bytes, dict[bytes, bytes]]  # an XREAD entry, not decoded: (id, fields)
+Position = tuple[int, int]
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_TERMINAL = frozenset(t.encode() for t in TERMINAL_TYPES)
+
+
+class HubClosedError(TokenspoolError):
+    """The hub was stopped (or its reader failed) while a consumer waited on it."""
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("stream hub: %s stopped", task.get_name(), exc_info=task.exception())
+
+
+def _position(entry_id: bytes) -> Position:
+    return id_tuple(entry_id.decode())
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """One consumer waiting for entries of its stream after ``after``."""
+
+    after: str
+    position: Position
+    future: asyncio.Future[list[Entry]]
+    since: float = field(default_factory=time.monotonic)
+
+
+class _Stream:
+    """The stream of a job that consumers of this process read, and what is known of its end."""
+
+    __slots__ = ("channel", "consumers", "end", "epoch", "job_id", "job_key", "key", "waiters")
+
+    def __init__(self, job_id: str, keys: Keys) -> None:
+        self.job_id = job_id
+        self.key = keys.events(job_id).encode()  # as XREAD replies name it
+        self.job_key = keys.job(job_id)
+        self.channel = keys.written(job_id).encode()  # as pub/sub messages name it
+        self.consumers = 0  # tail() generators open on it
+        self.waiters: set[_Waiter] = set()
+        # every entry after ``end`` is still to be notified; None: unknown, read to learn it
+        self.end: Position | None = None
+        self.epoch = 0  # bumped when ``end`` is forgotten: a read in flight then teaches nothing
+
+    def forget_end(self) -> None:
+        self.end, self.epoch = None, self.epoch + 1
+
+    def needs_read(self, position: Position) -> bool:
+        return self.end is None or position < self.end
+
+
+class Hub:
+    """Reads the event streams a process's consumers wait on when their writers say so.
+
+    ``start()`` it once per process (the API's lifespan) and ``stop()`` it at the end;
+    ``tail()`` is the per-consumer view. ``redis`` is the process's pooled client (for the
+    expiry checks); ``reader`` a single-connection client of its own
+    (``connections.connect_reader``) for the reads, whose pool also gives the pub/sub
+    connection.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        reader: Redis,
+        *,
+        keys: Keys | None = None,
+        count: int = 100,
+        block_ms: int = 5_000,
+        reconnect_timeout: float = 60.0,
+    ) -> None:
+        self.keys = keys or Keys()
+        self.count = count
+        self.block_ms = block_ms
+        self.reconnect_timeout = reconnect_timeout
+        self.reads = 0  # XREADs sent
+        self.streams_read = 0  # streams named in them
+        self.notifications = 0  # pub/sub messages about new entries in a stream someone reads
+        self.catch_ups = 0  # ends forgotten by a new consumer or a (re)subscription
+        self.sweeps = 0
+        self._redis = redis
+        self._reader = reader
+        self._pubsub = reader.pubsub()
+        self._streams: dict[str, _Stream] = {}  # by job id: the jobs with consumers here
+        self._by_channel: dict[bytes, _Stream] = {}
+        self._due: dict[_Stream, None] = {}  # streams to read next (insertion-ordered set)
+        self._wake = asyncio.Event()  # something is due
+        self._resubscribe = asyncio.Event()  # the channels wanted changed
+        self._next_sweep = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    @property
+    def waiting(self) -> int:
+        """How many consumers wait for entries now."""
+        return sum(len(stream.waiters) for stream in self._streams.values())
+
+    @property
+    def subscribed(self) -> int:
+        """How many jobs' channels the hub listens on (the jobs with consumers here)."""
+        return len(self._pubsub.channels)
+
+    def stats(self) -> dict[str, int]:
+        """The counters, for metrics."""
+        return {
+            "reads": self.reads,
+            "streams_read": self.streams_read,
+            "notifications": self.notifications,
+            "catch_ups": self.catch_ups,
+            "sweeps": self.sweeps,
+            "waiting": self.waiting,
+            "jobs": len(self._streams),
+        }
+
+    async def start(self) -> None:
+        self._next_sweep = time.monotonic() + self.block_ms / 1000
+        self._tasks = [
+            asyncio.create_task(self._run(), name="tokenspool-hub-reader"),
+            asyncio.create_task(self._listen(), name="tokenspool-hub-listener"),
+            asyncio.create_task(self._subscriber(), name="tokenspool-hub-subscriber"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(_log_crash)
+
+    async def stop(self) -> None:
+        """Stop reading; every consumer still waiting gets ``HubClosedError``."""
+        # every loop also ends on its own once _closed is set: on Python 3.11 redis-py's sends
+        # run under asyncio.wait_for, which loses a cancellation that arrives as the send
+        # completes (bpo-42130), and the task would go on waiting
+        self._closed = True
+        self._wake.set()
+        self._resubscribe.set()
+        for task in reversed(self._tasks):
+            await stop_task(task)
+        self._fail_all(HubClosedError("the stream hub stopped"))
+        await asyncio.shield(self._pubsub.aclose())
+
+    async def tail(self, job_id: str, after: str = "0") -> AsyncGenerator[list[Entry], None]:
+        """Yield the entries of ``job_id`` after ``after`` in batches, until (and including)
+        the terminal one. The caller checked that the job exists and that ``after`` is
+        retained (``tailer.check_retained``), as it must answer those before streaming.
+
+        Like ``tail()``: raises ``StreamGoneError`` when ordinals jump (entries were trimmed
+        before they were read), ``JobNotFoundError`` when the keys expire while it waits, and
+        the Redis error when Redis stays unreachable for ``reconnect_timeout``."""
+        last = parse_event_id(after)
+        expected_n: int | None = 1 if last == "0" else None
+        stream = self._open(job_id)
+        try:
+            first = True
+            while True:
+                entries = await self._next(stream, last, catch_up=first)
+                first = False
+                if not entries:
+                    continue  # the keys still exist after a while: wait again
+                batch: list[Entry] = []
+                for entry in entries:
+                    raw_n = entry[1].get(b"n")
+                    if raw_n is not None:
+                        n = int(raw_n)
+                        if expected_n is not None and n != expected_n:
+                            raise StreamGoneError(
+                                f"job {job_id}: events {expected_n}..{n - 1} were trimmed "
+                                f"(stream cap) before this reader got them; it read up to {last}"
+                            )
+                        expected_n = n + 1
+                    batch.append(entry)
+                    if entry[1].get(b"t") in _TERMINAL:
+                        yield batch
+                        return
+                last = entries[-1][0].decode()
+                yield batch
+        finally:
+            self._close(stream)
+
+    def _open(self, job_id: str) -> _Stream:
+        """Count a consumer of ``job_id``; the first one asks for its channel."""
+        if self._closed or not self._tasks or self._tasks[0].done():
+            raise HubClosedError("the stream hub is not running")
+        stream = self._streams.get(job_id)
+        if stream is None:
+            stream = self._streams[job_id] = _Stream(job_id, self.keys)
+            self._by_channel[stream.channel] = stream
+            self._resubscribe.set()
+        stream.consumers += 1
+        return stream
+
+    def _close(self, stream: _Stream) -> None:
+        stream.consumers -= 1
+        if stream.consumers == 0 and self._streams.get(stream.job_id) is stream:
+            del self._streams[stream.job_id]
+            del self._by_channel[stream.channel]
+            self._due.pop(stream, None)
+            self._resubscribe.set()
+
+    async def _next(self, stream: _Stream, after: str, *, catch_up: bool) -> list[Entry]:
+        """Wait for the entries of ``stream`` after ``after`` (empty: none for a while)."""
+        if self._closed or self._tasks[0].done():
+            raise HubClosedError("the stream hub is not running")
+        future: asyncio.Future[list[Entry]] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(after, id_tuple(after), future)
+        stream.waiters.add(waiter)
+        if catch_up:  # whatever is known of the end was learnt without this consumer
+            self.catch_ups += 1
+            stream.forget_end()
+        if stream.needs_read(waiter.position):
+            self._due[stream] = None
+            self._wake.set()
+        try:
+            # the sweep answers every waiter within a BLOCK, or the reader fails it after the
+            # reconnect timeout; this deadline only guards against a hub that stopped answering
+            async with asyncio.timeout(2 * self.block_ms / 1000 + self.reconnect_timeout + 30):
+                return await future
+        finally:
+            stream.waiters.discard(waiter)
+            if not future.done():
+                future.cancel()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for stream in self._streams.values():
+            for waiter in stream.waiters:
+                if not waiter.future.done():
+                    waiter.future.set_exception(exc)
+            stream.waiters.clear()
+        self._due.clear()
+
+    # -- the reader ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        outage_started: float | None = None
+        try:
+            while not self._closed:
+                self._wake.clear()
+                wait = self._next_sweep - time.monotonic()
+                if not self._due and wait > 0:
+                    try:
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass  # time for the sweep
+                try:
+                    if time.monotonic() >= self._next_sweep:
+                        await self._sweep()
+                    if self._due:
+                        await self._read()
+                except _REDIS_ERRORS as exc:
+                    now = time.monotonic()
+                    outage_started = outage_started or now
+                    if now - outage_started > self.reconnect_timeout:
+                        log.error(
+                            "stream hub: Redis unreachable for %.0fs, failing %d waiting "
+                            "consumers: %s",
+                            now - outage_started,
+                            self.waiting,
+                            exc,
+                        )
+                        self._fail_all(exc)
+                        outage_started, failures = None, 0
+                        continue
+                    delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+                    failures += 1
+                    log.warning("stream hub: read failed (%s); retrying in %ss", exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                failures, outage_started = 0, None
+                # let the consumers just served write and come back before the next read
+                await asyncio.sleep(0)
+        finally:
+            self._fail_all(HubClosedError("the stream hub's reader stopped"))
+
+    async def _read(self) -> None:
+        """One non-blocking XREAD of the due streams, each after its smallest waiting position;
+        each waiter gets the entries after its own position."""
+        plan: list[tuple[_Stream, Position, int]] = []
+        afters: list[str] = []
+        for stream in self._due:
+            if any(stream.needs_read(w.position) for w in stream.waiters):
+                first = min(stream.waiters, key=lambda w: w.position)
+                plan.append((stream, first.position, stream.epoch))
+                afters.append(first.after)
+        self._due.clear()
+        if not plan:
+            return
+        self.reads += 1
+        self.streams_read += len(plan)
+        try:
+            # on the reader's connection directly, without Redis.xread's command path and
+            # reply callbacks; the connection disconnects itself on any error or
+            # cancellation, and reconnects on the next send
+            connection = (await self._reader.initialize()).connection
+            assert connection is not None  # a single-connection client holds one
+            keys = [stream.key for stream, _, _ in plan]
+            await connection.send_command("XREAD", "COUNT", self.count, "STREAMS", *keys, *afters)
+            reply: list[Any] | None = await connection.read_response()
+        except BaseException:
+            for stream, _, _ in plan:  # read them again, whatever happened meanwhile
+                stream.forget_end()
+                self._due[stream] = None
+            raise
+        got = {
+            name: [(entry_id, dict(zip(f[::2], f[1::2], strict=True))) for entry_id, f in raw]
+            for name, raw in reply or ()
+        }
+        for stream, read_from, epoch in plan:
+            self._dispatch(stream, read_from, epoch, got.get(stream.key, []))
+
+    def _dispatch(
+        self, stream: _Stream, read_from: Position, epoch: int, entries: list[Entry]
+    ) -> None:
+        full = len(entries) >= self.count
+        if full:
+            stream.end = None  # the stream may go on after this batch
+        elif stream.epoch == epoch:
+            # the read saw the stream's end: anything after it comes with a notification
+            top = _position(entries[-1][0]) if entries else read_from
+            stream.end = top if stream.end is None else max(stream.end, top)
+        if not entries:
+            return
+        first = _position(entries[0][0])
+        # a waiter behind the position the stream was read from (it came after the read was
+        # sent) gets nothing from this read: the entries in between are not in it
+        for waiter in list(stream.waiters):
+            if waiter.future.done() or waiter.position < read_from:
+                continue
+            if first > waiter.position:
+                mine = entries
+            else:
+                mine = [e for e in entries if _position(e[0]) > waiter.position]
+            if mine:
+                waiter.future.set_result(mine)
+                stream.waiters.discard(waiter)
+        # the others are caught up: a notification (handled meanwhile or to come) or a
+        # forgotten end already made the stream due again if it is not; a full batch did not
+        if full and stream.waiters:
+            self._due[stream] = None
+
+    async def _sweep(self) -> None:
+        """Read every stream someone waits on (a notification may have been lost), and answer
+        the waiters that have waited half a BLOCK or more: ``JobNotFoundError`` if their keys
+        expired meanwhile, otherwise an empty batch (they wait again)."""
+        now = time.monotonic()
+        self._next_sweep = now + self.block_ms / 1000
+        self.sweeps += 1
+        idle = [
+            (stream, waiter)
+            for stream in self._streams.values()
+            for waiter in stream.waiters
+            if now - waiter.since >= self.block_ms / 2000
+        ]
+        if idle:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for stream, _ in idle:
+                    pipe.exists(stream.key, stream.job_key)
+                found = await pipe.execute()
+            for (stream, waiter), exists in zip(idle, found, strict=True):
+                if waiter.future.done():
+                    continue
+                if exists:
+                    waiter.future.set_result([])
+                else:
+                    waiter.future.set_exception(JobNotFoundError(stream.job_id))
+                stream.waiters.discard(waiter)
+        for stream in self._streams.values():
+            stream.forget_end()
+            if stream.waiters:
+                self._due[stream] = None
+
+    # -- notifications ------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Receive the notifications and the subscription confirmations. After a pub/sub
+        error it reconnects, which resubscribes every channel (redis-py's PubSub does), and
+        each confirmation is a catch-up."""
+        failures = 0
+        while not self._closed:
+            try:
+                await self._pubsub.connect()
+                self._resubscribe.set()  # channels wanted while it was away
+                while not self._closed:
+                    message = await self._pubsub.get_message(timeout=self.block_ms / 1000)
+                    failures = 0
+                    if message is not None:
+                        self._on_message(message)
+            except _REDIS_ERRORS as exc:
+                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+                failures += 1
+                log.warning("stream hub: pub/sub failed (%s); reconnecting in %ss", exc, delay)
+                await asyncio.sleep(delay)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        stream = self._by_channel.get(message["channel"])
+        if stream is None:
+            return  # a job whose consumers left (its UNSUBSCRIBE is on its way)
+        kind = message["type"]
+        if kind == "message":
+            self.notifications += 1
+            data = message["data"].decode()
+            if not EVENT_ID_RE.match(data):
+                log.warning("stream hub: job %s: bad notification %r", stream.job_id, data)
+                stream.forget_end()
+                top = None
+            else:
+                top = id_tuple(data)
+                stream.end = top if stream.end is None else max(stream.end, top)
+            if any(top is None or w.position < top for w in stream.waiters):
+                self._due[stream] = None
+                self._wake.set()
+        elif kind == "subscribe":
+            # entries written before the subscription took effect were not notified
+            self.catch_ups += 1
+            stream.forget_end()
+            if stream.waiters:
+                self._due[stream] = None
+                self._wake.set()
+
+    async def _subscriber(self) -> None:
+        """SUBSCRIBE to the channels of the jobs that gained consumers, UNSUBSCRIBE from
+        those that lost their last one, each change set in one command."""
+        while not self._closed:
+            await self._resubscribe.wait()
+            self._resubscribe.clear()
+            connection = self._pubsub.connection
+            if self._closed or connection is None or not connection.is_connected:
+                continue  # the listener reconnects, then asks again
+            current = set(self._pubsub.channels) - set(self._pubsub.pending_unsubscribe_channels)
+            wanted = set(self._by_channel)
+            try:
+                if wanted - current:
+                    await self._pubsub.subscribe(*(wanted - current))
+                if current - wanted:
+                    await self._pubsub.unsubscribe(*(current - wanted))
+            except _REDIS_ERRORS as exc:
+                log.warning("stream hub: (un)subscribe failed (%s); after the reconnect", exc)
