@@ -67,11 +67,14 @@ return {'started', attempt, redis.call('HGET', KEYS[1], 'created_at') or '0'}
 )
 
 # Renew (ARGV: attempt, lease_ms) or release (lease_ms = 0) the lease of a running attempt.
-# Returns 1 while the attempt still owns the job, 0 once it does not.
+# Returns 1 while the attempt still owns the job, 0 once another attempt does, -1 when this
+# attempt already ended the job (a renewal that crossed its terminal write).
 LEASE = """
-if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] or
-   redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then
   return 0
+end
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+  return -1
 end
 local until_ms = 0
 if tonumber(ARGV[2]) > 0 then

@@ -108,7 +108,9 @@ class JobStore:
         return StartResult(status=status, attempt=attempt, created_at=created)
 
     async def renew(self, leases: dict[str, int]) -> dict[str, bool]:
-        """Renew the leases of ``{job_id: attempt}`` in one round trip; False = lost."""
+        """Renew the leases of ``{job_id: attempt}`` in one round trip; False = lost to another
+        attempt. An attempt that ended the job meanwhile is not lost (its runner is finishing),
+        and is not put back among the running jobs."""
         if not leases:
             return {}
         deadline = time.time() * 1000 + self.lease_ms
@@ -117,9 +119,10 @@ class JobStore:
                 await self._lease(
                     keys=[self.keys.job(job_id)], args=[attempt, self.lease_ms], client=pipe
                 )
-            pipe.zadd(self.keys.running, dict.fromkeys(leases, deadline))
+            # XX: a job that ended and left the running set meanwhile stays out of it
+            pipe.zadd(self.keys.running, dict.fromkeys(leases, deadline), xx=True)
             results = await pipe.execute()
-        return {job_id: bool(r) for job_id, r in zip(leases, results, strict=False)}
+        return {job_id: r != 0 for job_id, r in zip(leases, results, strict=False)}
 
     async def release(self, job_id: str, attempt: int) -> None:
         """Give up a running attempt's lease so another worker takes the job over at once."""

@@ -1,0 +1,45 @@
+"""Lease renewal against the real (embedded) Redis: what a renewal answers for an attempt that
+still runs, one that another attempt replaced, and one that ended the job meanwhile."""
+
+from __future__ import annotations
+
+from tokenspool.events import JobCompleted
+from tokenspool.jobs import JobRequest, new_job_id
+from tokenspool.store import JobStore
+
+
+async def _running(store: JobStore) -> str:
+    job_id = new_job_id()
+    request = JobRequest.model_validate(
+        {"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    await store.create(job_id, request)
+    assert (await store.start(job_id, "test-worker")).status == "started"
+    return job_id
+
+
+async def _in_running_set(store: JobStore, job_id: str) -> bool:
+    return await store.redis.zscore(store.keys.running, job_id) is not None
+
+
+async def test_renewal_keeps_a_running_attempt_and_reports_a_replaced_one(
+    store: JobStore,
+) -> None:
+    job_id = await _running(store)
+    assert await store.renew({job_id: 1}) == {job_id: True}
+    await store.release(job_id, 1)
+    assert (await store.start(job_id, "other-worker", owner_attempt=1)).attempt == 2
+    assert await store.renew({job_id: 1}) == {job_id: False}
+    assert await store.renew({job_id: 2}) == {job_id: True}
+
+
+async def test_renewal_that_crosses_the_terminal_write_is_not_a_lost_lease(
+    store: JobStore,
+) -> None:
+    job_id = await _running(store)
+    done = JobCompleted(job_id=job_id, attempt=1, finish_reason="stop").to_fields()
+    await store.write(job_id, 1, [(done["t"], done["d"])], 1, "completed", {})
+    await store.forget_running(job_id)
+    # the keeper's snapshot still held the attempt when the job ended
+    assert await store.renew({job_id: 1}) == {job_id: True}
+    assert not await _in_running_set(store, job_id)  # the reaper will not look at it again
