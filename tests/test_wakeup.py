@@ -90,3 +90,43 @@ async def test_poll_skips_queued_jobs_already_running_without_claiming_them_agai
         await asyncio.gather(*here.tasks.values(), return_exceptions=True)
         await redis.delete(queue)
         await close(redis)
+
+
+async def test_two_workers_polling_one_burst_start_each_job_exactly_once(
+    settings: Settings,
+) -> None:
+    # the poll filter reads in-progress keys before arq's claim; both polls run at once
+    release = asyncio.Event()
+
+    async def hold(ctx: dict[str, Any]) -> None:
+        await asyncio.wait_for(release.wait(), timeout=30)
+
+    queue = f"test-queue-{new_job_id()}"
+    redis = connect(settings)
+    workers = [
+        WakeableWorker(
+            functions=[func(hold, name="hold")],
+            wake_channel=f"{queue}:wake",
+            redis_pool=redis,
+            queue_name=queue,
+            poll_delay=3600,
+            handle_signals=False,
+            keep_result=0,
+            max_jobs=500,
+            job_serializer=job_serializer,
+            job_deserializer=job_deserializer,
+        )
+        for _ in range(2)
+    ]
+    try:
+        jobs = [await redis.enqueue_job("hold", _queue_name=queue) for _ in range(150)]
+        ids = [job.job_id.encode() for job in jobs if job is not None]
+        await asyncio.gather(*(w.start_jobs(ids) for w in workers))
+        claimed = [job_id for w in workers for job_id in w.tasks]
+        assert sorted(claimed) == sorted(i.decode() for i in ids)  # all, none twice
+    finally:
+        release.set()
+        for w in workers:
+            await asyncio.gather(*w.tasks.values(), return_exceptions=True)
+        await redis.delete(queue)
+        await close(redis)
