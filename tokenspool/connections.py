@@ -11,6 +11,28 @@ from redis.asyncio import ConnectionPool, Redis
 from .settings import Settings
 
 
+class Pool(ConnectionPool):
+    """redis-py's asyncio pool, without the lock around connection checkout.
+
+    redis-py 5.3 holds an ``asyncio.Lock`` while it checks a pooled connection
+    (``ensure_connection`` awaits a socket poll), so on a busy event loop every checkout of
+    every request waits its turn, one loop pass each (redis/redis-py#3692). arq 0.28 pins
+    ``redis<6``. Taking a connection from the list is synchronous, so it needs no lock; each
+    caller then checks its own connection.
+    """
+
+    async def get_connection(
+        self, command_name: object = None, *keys: object, **options: object
+    ) -> Any:
+        connection = self.get_available_connection()
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+
 def job_serializer(value: dict[str, Any]) -> bytes:
     """arq job payloads cross Redis as JSON, never pickle."""
     return json.dumps(value, separators=(",", ":")).encode()
@@ -31,7 +53,7 @@ def connect(
     ``caller_bounds_waits`` the connections have no socket timeout: the caller puts a deadline
     on each round trip itself (redis-py otherwise starts a task for every send and a timer for
     every reply, which a pipeline of hundreds of replies pays hundreds of times)."""
-    pool = ConnectionPool.from_url(
+    pool = Pool.from_url(
         settings.redis_url,
         socket_timeout=None if caller_bounds_waits else settings.read_block_ms / 1000 + 5,
         socket_connect_timeout=5,
