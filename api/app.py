@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -22,6 +23,7 @@ from tokenspool.errors import (
     StreamGoneError,
     UnknownModelError,
 )
+from tokenspool.gcpolicy import freeze_startup_objects, full_collections
 from tokenspool.hub import Hub
 from tokenspool.jobs import JobAccepted, JobRequest, JobStatus, JobView
 from tokenspool.metrics import CONTENT_TYPE, ApiMetrics
@@ -29,6 +31,7 @@ from tokenspool.model_list import ModelList
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore, events_url
 from tokenspool.tailer import check_retained, parse_event_id
+from tokenspool.tasks import stop_task
 
 from .instrumentation import ErrorCounter
 from .limits import BodySizeLimit, request_limit_problem
@@ -68,9 +71,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.hub = hub
         metrics.track_hub(hub.stats)
         await hub.start()
+        # the app's imports are frozen out of the collector, full passes run on a timer
+        # (tokenspool/gcpolicy.py): with thousands of open streams a full pass pauses them all
+        freeze_startup_objects()
+        collector = asyncio.create_task(full_collections(settings.gc_full_seconds))
         try:
             yield
         finally:
+            await stop_task(collector)
             try:
                 await hub.stop()
             finally:

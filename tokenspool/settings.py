@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # only bounds pickup when that message is lost (each poll re-checks every running job)
     poll_delay_seconds: float = Field(0.25, gt=0)
     cancel_check_seconds: float = Field(1.0, gt=0)  # fallback poll for cancel flags
+    # full garbage collections in the API and workers run on this timer, not on CPython's
+    # counters (tokenspool/gcpolicy.py)
+    gc_full_seconds: float = Field(60.0, gt=0)
     queue_name: str = "tokenspool:queue"
 
     # fault tolerance (docs/protocol.md, "Attempts, leases and retries")

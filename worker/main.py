@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from typing import Any
 
@@ -15,6 +14,7 @@ from tokenspool import fastpath
 from tokenspool.cancellation import CancelWatcher
 from tokenspool.connections import close, connect, job_deserializer, job_serializer
 from tokenspool.errors import JobNotFoundError
+from tokenspool.gcpolicy import freeze_startup_objects, full_collections
 from tokenspool.jobs import JobPayload
 from tokenspool.keys import Keys
 from tokenspool.leases import LeaseKeeper, Reaper
@@ -25,6 +25,7 @@ from tokenspool.queue import RUN_JOB
 from tokenspool.runner import RunContext, run_job, worker_name
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore
+from tokenspool.tasks import stop_task
 from tokenspool.worker_metrics import WorkerMetrics
 from tokenspool.writer import Writer
 
@@ -48,10 +49,10 @@ def build_worker(settings: Settings) -> Worker:
 
     async def startup(ctx: dict[str, Any]) -> None:
         await asyncio.to_thread(load_litellm)  # ~2 s import, once, before taking jobs
-        # litellm and the OpenAI SDK leave ~400k long-lived objects; freezing them keeps full
-        # GC passes from pausing every stream for 100-300 ms (docs/benchmarks.md)
-        gc.collect()
-        gc.freeze()
+        # litellm and the OpenAI SDK leave ~400k long-lived objects; they are frozen, and full
+        # GC passes run on a timer (tokenspool/gcpolicy.py)
+        freeze_startup_objects()
+        collector = asyncio.create_task(full_collections(settings.gc_full_seconds))
         store = JobStore(pool, settings)
         cancels = CancelWatcher(
             pool, store.keys.cancel_channel, store.cancels_requested, settings.cancel_check_seconds
@@ -99,6 +100,7 @@ def build_worker(settings: Settings) -> Worker:
         reaper.start()
         ctx["tokenspool"] = run_ctx
         ctx["tokenspool_reaper"] = reaper
+        ctx["tokenspool_gc"] = collector
         log.info(
             "worker %s ready on %s: models %s",
             worker_name(),
@@ -122,6 +124,7 @@ def build_worker(settings: Settings) -> Worker:
         await run_ctx.leases.stop()
         await run_ctx.cancels.stop()
         await fastpath.aclose()
+        await stop_task(ctx["tokenspool_gc"])
 
     return WakeableWorker(
         functions=[func(_run_job, name=RUN_JOB)],
