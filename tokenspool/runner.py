@@ -15,6 +15,7 @@ import random
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 from . import fastpath
 from .accumulator import Accumulator
@@ -24,6 +25,7 @@ from .errors import FencedError, ProviderError, TokenspoolError
 from .events import (
     ContentDelta,
     ErrorInfo,
+    Event,
     JobCancelled,
     JobCompleted,
     JobFailed,
@@ -193,7 +195,7 @@ async def _run_attempt(
                 if created_at:
                     ctx.metrics.ttft.observe(max(0.0, time.time() - created_at))
             for event in events:
-                acc.add(event)
+                acc.add(cast(Event, event))
                 await pub.publish(event)
                 if tracker is not None and isinstance(event, ContentDelta):
                     changed, value = tracker.feed(event.text)

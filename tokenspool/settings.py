@@ -91,7 +91,7 @@ class _ExplicitSettings(Settings):
     """Validates the values given only, never the process environment (``from_env``)."""
 
     @classmethod
-    def settings_customise_sources(  # type: ignore[override]
+    def settings_customise_sources(
         cls,
         settings_cls: Any,
         init_settings: Any,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -68,7 +68,7 @@ class JobStore:
             )
             pipe.xadd(
                 events_key,
-                {k.E_ORDINAL: 1, **queued.to_fields()},
+                cast(dict[Any, Any], {k.E_ORDINAL: 1, **queued.to_fields()}),
                 maxlen=self.settings.stream_maxlen,
             )
             pipe.expire(job_key, self.active_ttl)
@@ -211,7 +211,8 @@ class JobStore:
         return status
 
     async def cancel_requested(self, job_id: str) -> bool:
-        return as_text(await self.redis.hget(self.keys.job(job_id), k.F_CANCEL) or "") == "1"
+        flag = await self.redis.hget(self.keys.job(job_id), k.F_CANCEL)  # type: ignore[misc]
+        return as_text(flag or "") == "1"
 
     async def cancels_requested(self, job_ids: list[str]) -> list[bool]:
         """``cancel_requested`` of each job, in one round trip."""
@@ -222,7 +223,7 @@ class JobStore:
         return [as_text(flag or "") == "1" for flag in flags]
 
     async def request(self, job_id: str) -> JobRequest:
-        raw = await self.redis.hget(self.keys.job(job_id), k.F_REQUEST)
+        raw = await self.redis.hget(self.keys.job(job_id), k.F_REQUEST)  # type: ignore[misc]
         if raw is None:
             raise JobNotFoundError(job_id)
         return JobRequest.model_validate_json(raw)
@@ -232,7 +233,7 @@ class JobStore:
 
     async def view(self, job_id: str) -> JobView:
         """The job's status and output; for an unfinished job, folded from its stream so far."""
-        raw = await self.redis.hgetall(self.keys.job(job_id))
+        raw = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
         if not raw:
             raise JobNotFoundError(job_id)
         h = {as_text(a): as_text(b) for a, b in raw.items()}
