@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from tokenspool.connections import connect_reader
 from tokenspool.errors import JobNotFoundError, StreamGoneError
 from tokenspool.events import ContentDelta, JobCompleted
-from tokenspool.hub import Entry, Hub, HubClosedError
+from tokenspool.hub import Entry, Hub, HubClosedError, StreamReadError
 from tokenspool.jobs import JobRequest
 from tokenspool.keys import Keys
 from tokenspool.settings import Settings
@@ -342,3 +342,29 @@ async def test_stopping_the_hub_fails_its_waiting_consumers(
 
     with pytest.raises(HubClosedError):
         await consumer
+
+
+async def test_a_stream_redis_refuses_to_read_fails_only_its_own_consumers(
+    redis: Redis, hub_keys: Keys, hub_factory: HubFactory
+) -> None:
+    hub = await hub_factory(block_ms=60_000)
+    good, bad = Job(redis, hub_keys), Job(redis, hub_keys)
+    good_after = (await good.append(1))[0]
+    bad_after = (await bad.append(1))[0]
+    good_consumer = asyncio.create_task(collect(hub, good.id, good_after))
+    bad_consumer = asyncio.create_task(collect(hub, bad.id, bad_after))
+
+    async def both_waiting() -> bool:
+        return hub.waiting == 2 and hub.subscribed == 2
+
+    await wait_until(both_waiting)
+    # the bad job's events key now holds a string: XREAD over both answers WRONGTYPE
+    await redis.delete(hub_keys.events(bad.id))
+    await redis.set(hub_keys.events(bad.id), "not a stream")
+    await redis.publish(hub_keys.written(bad.id), "9999999999999-0")
+    await good.append(2)
+    await good.append(1, terminal=True)
+
+    assert await asyncio.wait_for(good_consumer, timeout=30) == good.ids[1:]
+    with pytest.raises(StreamReadError, match="WRONGTYPE"):
+        await asyncio.wait_for(bad_consumer, timeout=30)

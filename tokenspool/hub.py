@@ -37,6 +37,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import JobNotFoundError, StreamGoneError, TokenspoolError
@@ -51,6 +52,11 @@ Entry = tuple[bytes, dict[bytes, bytes]]  # an XREAD entry, not decoded: (id, fi
 Position = tuple[int, int]
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _TERMINAL = frozenset(t.encode() for t in TERMINAL_TYPES)
+
+
+class StreamReadError(TokenspoolError):
+    """Redis answered a read of one job's stream with an error (e.g. the key holds another
+    type); that job's clients get it, the other streams go on."""
 
 
 class HubClosedError(TokenspoolError):
@@ -332,6 +338,27 @@ class Hub:
         self._due.clear()
         if not plan:
             return
+        try:
+            reply = await self._xread(plan, afters)
+        except ResponseError as refused:
+            if len(plan) == 1:
+                self._fail_stream(plan[0][0], refused)
+                return
+            # an error reply fails the whole read, though one key is to blame (a key of
+            # another type, say): read each stream alone, so only that stream's clients fail
+            for item, after in zip(plan, afters, strict=True):
+                try:
+                    alone = await self._xread([item], [after])
+                except ResponseError as refused:
+                    self._fail_stream(item[0], refused)
+                    continue
+                self._dispatch_reply([item], alone)
+            return
+        self._dispatch_reply(plan, reply)
+
+    async def _xread(
+        self, plan: list[tuple[_Stream, Position, int]], afters: list[str]
+    ) -> list[Any] | None:
         self.reads += 1
         self.streams_read += len(plan)
         try:
@@ -343,17 +370,34 @@ class Hub:
             keys = [stream.key for stream, _, _ in plan]
             await connection.send_command("XREAD", "COUNT", self.count, "STREAMS", *keys, *afters)
             reply: list[Any] | None = await connection.read_response()
+        except ResponseError:
+            raise  # an answer, not a broken connection: the caller decides per stream
         except BaseException:
             for stream, _, _ in plan:  # read them again, whatever happened meanwhile
                 stream.forget_end()
                 self._due[stream] = None
             raise
+        return reply
+
+    def _dispatch_reply(
+        self, plan: list[tuple[_Stream, Position, int]], reply: list[Any] | None
+    ) -> None:
         got = {
             name: [(entry_id, dict(zip(f[::2], f[1::2], strict=True))) for entry_id, f in raw]
             for name, raw in reply or ()
         }
         for stream, read_from, epoch in plan:
             self._dispatch(stream, read_from, epoch, got.get(stream.key, []))
+
+    def _fail_stream(self, stream: _Stream, refused: ResponseError) -> None:
+        """Answer the waiters of a stream whose read Redis refused with that error."""
+        exc = StreamReadError(f"job {stream.job_id}: Redis refused to read its events: {refused}")
+        exc.__cause__ = refused
+        log.error("stream hub: %s", exc)
+        for waiter in list(stream.waiters):
+            if not waiter.future.done():
+                waiter.future.set_exception(exc)
+            stream.waiters.discard(waiter)
 
     def _dispatch(
         self, stream: _Stream, read_from: Position, epoch: int, entries: list[Entry]
