@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -48,85 +48,75 @@ async def test_queued_job_starts_on_the_wake_up_message_not_the_poll(sleepy_stac
             )
 
 
-async def test_poll_skips_queued_jobs_already_running_without_claiming_them_again(
-    settings: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
-    release = asyncio.Event()
+class HoldingWorkers:
+    """Two arq workers on a queue of their own whose jobs wait until ``release`` is set."""
 
-    async def hold(ctx: dict[str, Any]) -> None:
-        await asyncio.wait_for(release.wait(), timeout=30)
+    def __init__(self, settings: Settings) -> None:
+        self.release = asyncio.Event()
+        self.queue = f"test-queue-{new_job_id()}"
+        self.redis = connect(settings)
 
-    queue = f"test-queue-{new_job_id()}"
-    redis = connect(settings)
-    workers = [
-        WakeableWorker(
-            functions=[func(hold, name="hold")],
-            wake_channel=f"{queue}:wake",
-            redis_pool=redis,
-            queue_name=queue,
-            poll_delay=3600,
-            handle_signals=False,
-            keep_result=0,
-            job_serializer=job_serializer,
-            job_deserializer=job_deserializer,
-        )
-        for _ in range(2)
-    ]
-    here, elsewhere = workers
+        async def hold(ctx: dict[str, Any]) -> None:
+            await asyncio.wait_for(self.release.wait(), timeout=30)
+
+        self.workers = [
+            WakeableWorker(
+                functions=[func(hold, name="hold")],
+                wake_channel=f"{self.queue}:wake",
+                redis_pool=self.redis,
+                queue_name=self.queue,
+                poll_delay=3600,
+                handle_signals=False,
+                keep_result=0,
+                max_jobs=500,
+                job_serializer=job_serializer,
+                job_deserializer=job_deserializer,
+            )
+            for _ in range(2)
+        ]
+
+    async def enqueue(self, count: int) -> list[bytes]:
+        jobs = [await self.redis.enqueue_job("hold", _queue_name=self.queue) for _ in range(count)]
+        return [job.job_id.encode() for job in jobs if job is not None]
+
+    async def aclose(self) -> None:
+        self.release.set()
+        for worker in self.workers:
+            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        await self.redis.delete(self.queue)
+        await close(self.redis)
+
+
+@pytest.fixture
+async def holding(settings: Settings) -> AsyncIterator[HoldingWorkers]:
+    workers = HoldingWorkers(settings)
     try:
-        jobs = [await redis.enqueue_job("hold", _queue_name=queue) for _ in range(3)]
-        ids = [job.job_id.encode() for job in jobs if job is not None]
-        await here.start_jobs(ids)
-        assert sorted(here.tasks) == sorted(i.decode() for i in ids)
-
-        caplog.set_level(logging.DEBUG, logger="arq.worker")
-        await here.start_jobs(ids)  # a later poll: they are still in the queue
-        await elsewhere.start_jobs(ids)  # another worker's poll
-
-        assert sorted(here.tasks) == sorted(i.decode() for i in ids) and not elsewhere.tasks
-        assert "already running elsewhere" not in caplog.text  # no per-job WATCH dance
+        yield workers
     finally:
-        release.set()
-        await asyncio.gather(*here.tasks.values(), return_exceptions=True)
-        await redis.delete(queue)
-        await close(redis)
+        await workers.aclose()
+
+
+async def test_poll_skips_queued_jobs_already_running_without_claiming_them_again(
+    holding: HoldingWorkers, caplog: pytest.LogCaptureFixture
+) -> None:
+    here, elsewhere = holding.workers
+    ids = await holding.enqueue(3)
+    await here.start_jobs(ids)
+    assert sorted(here.tasks) == sorted(i.decode() for i in ids)
+
+    caplog.set_level(logging.DEBUG, logger="arq.worker")
+    await here.start_jobs(ids)  # a later poll: they are still in the queue
+    await elsewhere.start_jobs(ids)  # another worker's poll
+
+    assert sorted(here.tasks) == sorted(i.decode() for i in ids) and not elsewhere.tasks
+    assert "already running elsewhere" not in caplog.text  # no per-job WATCH dance
 
 
 async def test_two_workers_polling_one_burst_start_each_job_exactly_once(
-    settings: Settings,
+    holding: HoldingWorkers,
 ) -> None:
     # the poll filter reads in-progress keys before arq's claim; both polls run at once
-    release = asyncio.Event()
-
-    async def hold(ctx: dict[str, Any]) -> None:
-        await asyncio.wait_for(release.wait(), timeout=30)
-
-    queue = f"test-queue-{new_job_id()}"
-    redis = connect(settings)
-    workers = [
-        WakeableWorker(
-            functions=[func(hold, name="hold")],
-            wake_channel=f"{queue}:wake",
-            redis_pool=redis,
-            queue_name=queue,
-            poll_delay=3600,
-            handle_signals=False,
-            keep_result=0,
-            max_jobs=500,
-            job_serializer=job_serializer,
-            job_deserializer=job_deserializer,
-        )
-        for _ in range(2)
-    ]
-    try:
-        jobs = [await redis.enqueue_job("hold", _queue_name=queue) for _ in range(150)]
-        ids = [job.job_id.encode() for job in jobs if job is not None]
-        await asyncio.gather(*(w.start_jobs(ids) for w in workers))
-        claimed = [job_id for w in workers for job_id in w.tasks]
-        assert sorted(claimed) == sorted(i.decode() for i in ids)  # all, none twice
-    finally:
-        release.set()
-        for w in workers:
-            await asyncio.gather(*w.tasks.values(), return_exceptions=True)
-        await redis.delete(queue)
-        await close(redis)
+    ids = await holding.enqueue(150)
+    await asyncio.gather(*(w.start_jobs(ids) for w in holding.workers))
+    claimed = [job_id for w in holding.workers for job_id in w.tasks]
+    assert sorted(claimed) == sorted(i.decode() for i in ids)  # all, none twice
