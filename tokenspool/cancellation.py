@@ -16,10 +16,9 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .tasks import stop_task
+from .tasks import every, stop_task
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,9 @@ class CancelWatcher:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="cancel-watcher")
-        self._poll_task = asyncio.create_task(self._poll(), name="cancel-poll")
+        self._poll_task = asyncio.create_task(
+            every(self.check_seconds, self.check_now, "cancel flag check"), name="cancel-poll"
+        )
 
     async def stop(self) -> None:
         await stop_task(self._task)
@@ -68,16 +69,6 @@ class CancelWatcher:
             event = self._events.get(job_id)
             if cancelled and event is not None:
                 event.set()
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.check_seconds)
-            try:
-                await self.check_now()
-            except (RedisError, OSError) as exc:
-                log.warning("cancel flag check failed: %s", exc)
-            except Exception:  # supervising loop: log and keep checking
-                log.exception("cancel flag check failed")
 
     async def _run(self) -> None:
         while True:

@@ -13,10 +13,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from redis.exceptions import RedisError
-
 from .store import JobStore
-from .tasks import stop_task
+from .tasks import every, stop_task
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +40,10 @@ class LeaseKeeper:
         return len(self._held)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="lease-keeper")
+        self._task = asyncio.create_task(
+            every(self.store.settings.lease_renew_seconds, self.renew_now, "lease renewal"),
+            name="lease-keeper",
+        )
 
     async def stop(self) -> None:
         await stop_task(self._task)
@@ -54,16 +55,6 @@ class LeaseKeeper:
             if not owned and job_id in self._held and self._held[job_id][0] == held[job_id][0]:
                 log.warning("job %s: lease of attempt %d lost", job_id, held[job_id][0])
                 self._held[job_id][1].set()
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.store.settings.lease_renew_seconds)
-            try:
-                await self.renew_now()
-            except (RedisError, OSError) as exc:
-                log.warning("lease renewal failed: %s", exc)
-            except Exception:  # supervising loop: log and keep renewing
-                log.exception("lease renewal failed")
 
 
 class Reaper:
