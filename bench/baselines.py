@@ -50,6 +50,16 @@ def _prompt(chunks: int, ttft_ms: int) -> str:
     return f"baseline-{next(_ids)} [fake chunks={chunks} ttft_ms={ttft_ms}]"
 
 
+def _body(chunks: int, ttft_ms: int) -> dict[str, Any]:
+    """The streaming request the plain-httpx consumers send."""
+    return {
+        "model": "fake-gpt",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": _prompt(chunks, ttft_ms)}],
+    }
+
+
 def litellm_consumer() -> Consumer:
     litellm = load_litellm()
 
@@ -83,12 +93,7 @@ def httpx_consumer(client: httpx.AsyncClient) -> Consumer:
         started = time.perf_counter()
         first = 0.0
         n = 0
-        body = {
-            "model": "fake-gpt",
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": _prompt(chunks, ttft_ms)}],
-        }
+        body = _body(chunks, ttft_ms)
         async with client.stream("POST", base + "/v1/chat/completions", json=body) as response:
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):
@@ -116,12 +121,7 @@ def httpx_xadd_consumer(client: httpx.AsyncClient, redis: Redis) -> Consumer:
         first = 0.0
         n = 0
         stream = f"bench:baseline:{next(_ids)}"
-        body = {
-            "model": "fake-gpt",
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": _prompt(chunks, ttft_ms)}],
-        }
+        body = _body(chunks, ttft_ms)
         pipe = redis.pipeline(transaction=False)
         in_flight: asyncio.Task[list[Any]] | None = None
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+
+from tokenspool.tasks import stop_task
 
 from .stats import Summary
 
@@ -23,10 +24,7 @@ class LoopLag:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass
+
+from tokenspool.tasks import stop_task
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -85,3 +88,30 @@ class OtherLoad:
         busy = machine_busy_seconds() - self._busy
         own = own_seconds() - self._own
         return max(0.0, busy - own) / (time.monotonic() - self._t)
+
+
+class PeakRss:
+    """Samples the resident memory of some processes every 0.25 s; keeps each one's peak."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.peak_kb = dict.fromkeys(pids, 0)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> PeakRss:
+        self._sample()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await stop_task(self._task)
+        self._sample()
+
+    def _sample(self) -> None:
+        for name, pid in self.pids.items():
+            self.peak_kb[name] = max(self.peak_kb[name], status_kb(pid, "VmRSS"))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            self._sample()

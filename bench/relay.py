@@ -12,7 +12,6 @@ clock (``time.time()``). The Redis entry id splits the path in two legs: provide
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import math
 import os
@@ -31,36 +30,6 @@ CHUNK_RATE = 20  # chunks per second per stream
 SLOW_RATE = 5  # chunks per second per stream, slow streams
 MAX_JOBS = 2500  # per worker: every stream of a level runs at once
 _ids = itertools.count()
-
-
-class PeakRss:
-    """Samples the resident memory of some processes every 0.25 s; keeps each one's peak."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.peak_kb = dict.fromkeys(pids, 0)
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> PeakRss:
-        self._sample()
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._sample()
-
-    def _sample(self) -> None:
-        for name, pid in self.pids.items():
-            self.peak_kb[name] = max(self.peak_kb[name], procstat.status_kb(pid, "VmRSS"))
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(0.25)
-            self._sample()
 
 
 @dataclass
@@ -120,7 +89,7 @@ async def level(
     before = await redis_counters(driver)
     cpu.start()
     started = time.monotonic()
-    rss = PeakRss({k: v for k, v in pids.items() if k.startswith("worker") or k == "api"})
+    rss = procstat.PeakRss({k: v for k, v in pids.items() if k.startswith("worker") or k == "api"})
     async with LoopLag() as lag, rss:
         outcomes = await asyncio.gather(
             *(_stream(driver, p, gate, within=chunks / rate + 120) for p in prompts)
