@@ -14,9 +14,9 @@ import pytest
 from redis.asyncio import Redis
 
 from tokenspool.connections import connect_reader
-from tokenspool.errors import JobNotFoundError, StreamGoneError
+from tokenspool.errors import HubClosedError, JobNotFoundError, StreamGoneError, StreamReadError
 from tokenspool.events import ContentDelta, JobCompleted
-from tokenspool.hub import Entry, Hub, HubClosedError, StreamReadError
+from tokenspool.hub import Entry, Hub
 from tokenspool.jobs import JobRequest
 from tokenspool.keys import Keys
 from tokenspool.settings import Settings

@@ -88,6 +88,15 @@ class StreamGoneError(TokenspoolError):
     """The requested offset is older than what the stream still retains."""
 
 
+class StreamReadError(TokenspoolError):
+    """Redis answered a read of one job's stream with an error (e.g. the key holds another
+    type); that job's clients get it, the other streams go on (tokenspool/hub.py)."""
+
+
+class HubClosedError(TokenspoolError):
+    """The stream hub was stopped (or its reader failed) while a consumer waited on it."""
+
+
 class ClientError(TokenspoolError):
     """The HTTP API answered a client request with an error status."""
 

@@ -40,7 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import JobNotFoundError, StreamGoneError, TokenspoolError
+from .errors import HubClosedError, JobNotFoundError, StreamGoneError, StreamReadError
 from .events import TERMINAL_TYPES
 from .keys import Keys
 from .tailer import EVENT_ID_RE, RECONNECT_DELAYS, id_tuple, parse_event_id
@@ -52,15 +52,6 @@ Entry = tuple[bytes, dict[bytes, bytes]]  # an XREAD entry, not decoded: (id, fi
 Position = tuple[int, int]
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _TERMINAL = frozenset(t.encode() for t in TERMINAL_TYPES)
-
-
-class StreamReadError(TokenspoolError):
-    """Redis answered a read of one job's stream with an error (e.g. the key holds another
-    type); that job's clients get it, the other streams go on."""
-
-
-class HubClosedError(TokenspoolError):
-    """The hub was stopped (or its reader failed) while a consumer waited on it."""
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
@@ -103,6 +94,13 @@ class _Stream:
 
     def needs_read(self, position: Position) -> bool:
         return self.end is None or position < self.end
+
+    def fail(self, exc: BaseException) -> None:
+        """Answer every waiter with ``exc``."""
+        for waiter in self.waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(exc)
+        self.waiters.clear()
 
 
 class Hub:
@@ -274,10 +272,7 @@ class Hub:
 
     def _fail_all(self, exc: BaseException) -> None:
         for stream in self._streams.values():
-            for waiter in stream.waiters:
-                if not waiter.future.done():
-                    waiter.future.set_exception(exc)
-            stream.waiters.clear()
+            stream.fail(exc)
         self._due.clear()
 
     # -- the reader ---------------------------------------------------------------------------
@@ -394,10 +389,7 @@ class Hub:
         exc = StreamReadError(f"job {stream.job_id}: Redis refused to read its events: {refused}")
         exc.__cause__ = refused
         log.error("stream hub: %s", exc)
-        for waiter in list(stream.waiters):
-            if not waiter.future.done():
-                waiter.future.set_exception(exc)
-            stream.waiters.discard(waiter)
+        stream.fail(exc)
 
     def _dispatch(
         self, stream: _Stream, read_from: Position, epoch: int, entries: list[Entry]
