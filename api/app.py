@@ -11,7 +11,6 @@ from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sse_starlette import EventSourceResponse
 
 from tokenspool import queue
 from tokenspool.connections import close, connect, connect_reader
@@ -36,7 +35,7 @@ from tokenspool.tasks import stop_task
 from .instrumentation import ErrorCounter
 from .limits import BodySizeLimit, request_limit_problem
 from .openai_routes import OpenAIRoutes
-from .streams import hub_of, sse_frames, stream_head, tracked
+from .streams import EventStream, hub_of, sse_frames, stream_head, tracked
 from .ui_routes import ui_router
 from .websocket_routes import websocket_router
 
@@ -192,7 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(
         "/v1/jobs/{job_id}/events",
-        response_class=EventSourceResponse,
+        response_class=EventStream,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
     async def job_events(
@@ -234,7 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         yield sse_frames(job_id, batch)
                         metrics.relayed_batch("sse", [entry_id for entry_id, _ in batch], head.last)
 
-        return EventSourceResponse(
+        return EventStream(
             stream(),
             ping=settings.heartbeat_seconds,
             send_timeout=settings.send_timeout_seconds,

@@ -16,7 +16,7 @@ from typing import Any, cast
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 
 from tokenspool import queue
 from tokenspool.errors import (
@@ -44,7 +44,7 @@ from tokenspool.store import JobStore
 from tokenspool.tailer import check_retained, parse_event_id
 
 from .limits import request_limit_problem
-from .streams import hub_of, stream_head, tracked
+from .streams import EventStream, hub_of, stream_head, tracked
 
 JOB_ID_HEADER = "X-Tokenspool-Job-Id"
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -194,7 +194,7 @@ class OpenAIRoutes:
         start: str,
         formatter: ChunkFormatter,
         headers: dict[str, str],
-    ) -> EventSourceResponse:
+    ) -> EventStream:
         store: JobStore = request.app.state.store
         hub = hub_of(request)
 
@@ -225,7 +225,7 @@ class OpenAIRoutes:
                     gone = error_body(str(exc), "tokenspool_stream_gone", code="events_trimmed")
                     yield Frame(data=json.dumps(gone)).encode()
 
-        return EventSourceResponse(
+        return EventStream(
             frames(),
             ping=self.settings.heartbeat_seconds,
             ping_message_factory=_heartbeat,

@@ -142,6 +142,32 @@ async def test_consumer_registering_while_others_wait_gets_its_entries_without_a
         await waiting
 
 
+async def test_notifications_arriving_together_each_wake_their_stream_without_a_sweep(
+    redis: Redis, hub_keys: Keys, hub_factory: HubFactory
+) -> None:
+    hub = await hub_factory(block_ms=60_000)  # no sweep within the test's timeout
+    jobs = [Job(redis, hub_keys) for _ in range(200)]
+    for job in jobs:
+        await job.append(1, notify=False)
+    consumers = [asyncio.create_task(collect(hub, job.id, job.ids[0])) for job in jobs]
+
+    async def all_caught_up() -> bool:
+        return hub.waiting == len(jobs) and hub.subscribed == len(jobs)
+
+    await wait_until(all_caught_up)
+    # every job's terminal entry, then all 200 notifications in one write: the listener
+    # takes most of them from its buffer after one read of the socket
+    for job in jobs:
+        await job.append(1, terminal=True, notify=False)
+    async with redis.pipeline(transaction=False) as pipe:
+        for job in jobs:
+            pipe.publish(hub_keys.written(job.id), job.ids[-1])
+        await pipe.execute()
+
+    assert await asyncio.gather(*consumers) == [job.ids[1:] for job in jobs]
+    assert hub.notifications == len(jobs) and hub.sweeps == 0
+
+
 async def test_entry_whose_notification_was_lost_is_delivered_by_the_sweep(
     redis: Redis, hub_keys: Keys, hub_factory: HubFactory
 ) -> None:
