@@ -29,13 +29,13 @@ from tokenspool.metrics import CONTENT_TYPE, ApiMetrics
 from tokenspool.model_list import ModelList
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore, events_url
-from tokenspool.tailer import check_retained, parse_event_id
+from tokenspool.tailer import parse_event_id
 from tokenspool.tasks import stop_task
 
 from .instrumentation import ErrorCounter
 from .limits import BodySizeLimit, request_limit_problem
 from .openai_routes import OpenAIRoutes
-from .streams import EventStream, hub_of, sse_frames, stream_head, tracked
+from .streams import EventStream, hub_of, open_stream, sse_frames, tracked
 from .ui_routes import ui_router
 from .websocket_routes import websocket_router
 
@@ -192,6 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get(
         "/v1/jobs/{job_id}/events",
         response_class=EventStream,
+        status_code=200,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
     async def job_events(
@@ -215,10 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         start = parse_event_id(last_event_id if last_event_id else after)
         s = store(request)
-        if not await s.exists(job_id):
-            raise JobNotFoundError(job_id)
-        await check_retained(s.redis, s.keys.events(job_id), start)
-        head = await stream_head(s, job_id)
+        head = await open_stream(s, job_id, start)  # 404, 410, or where the stream ends now
 
         hub = hub_of(request)
 

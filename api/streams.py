@@ -7,19 +7,22 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
+from redis.exceptions import ResponseError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.requests import HTTPConnection
 from starlette.types import Message, Send
 
+from tokenspool.errors import JobNotFoundError
 from tokenspool.events import TERMINAL_TYPES, as_text, entry_json
 from tokenspool.hub import Entry, Hub
 from tokenspool.keys import E_TYPE
 from tokenspool.metrics import ApiMetrics
 from tokenspool.store import JobStore
-from tokenspool.tailer import id_tuple
+from tokenspool.tailer import id_tuple, raise_if_trimmed
 
 
 def hub_of(connection: HTTPConnection) -> Hub:
@@ -105,11 +108,38 @@ async def stream_head(store: JobStore, job_id: str) -> StreamHead:
     """Read the stream's newest entry once: what a client connecting now replays rather
     than waits for, and whether the job already ended."""
     last = await store.redis.xrevrange(store.keys.events(job_id), "+", "-", count=1)
+    return _head(last)
+
+
+def _head(last: list[Any]) -> StreamHead:
     if not last:
         return StreamHead((0, 0), terminal=False)
     entry_id, fields = last[0]
     kind = {as_text(k): as_text(v) for k, v in fields.items()}.get(E_TYPE)
     return StreamHead(id_tuple(as_text(entry_id)), terminal=kind in TERMINAL_TYPES)
+
+
+async def open_stream(store: JobStore, job_id: str, start: str) -> StreamHead:
+    """What a streaming route checks before it streams, in one round trip: that the job
+    exists (else ``JobNotFoundError``), that nothing after ``start`` was trimmed (else
+    ``StreamGoneError``, as ``check_retained``), and the stream's head (``stream_head``)."""
+    events = store.keys.events(job_id)
+    async with store.redis.pipeline(transaction=False) as pipe:
+        pipe.exists(store.keys.job(job_id), events)
+        pipe.xinfo_stream(events)
+        pipe.xrevrange(events, "+", "-", count=1)
+        found, info, last = await pipe.execute(raise_on_error=False)
+    for reply in (found, last):
+        if isinstance(reply, Exception):
+            raise reply
+    if not found:
+        raise JobNotFoundError(job_id)
+    if isinstance(info, ResponseError) and "no such key" in str(info).lower():
+        info = {}  # the job hash without its stream: nothing was trimmed
+    elif isinstance(info, Exception):
+        raise info
+    raise_if_trimmed(info, start)
+    return _head(last)
 
 
 @contextmanager

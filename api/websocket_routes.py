@@ -23,9 +23,9 @@ from tokenspool.events import entry_json
 from tokenspool.metrics import ApiMetrics
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore
-from tokenspool.tailer import check_retained, parse_event_id
+from tokenspool.tailer import parse_event_id
 
-from .streams import StreamHead, hub_of, stream_head, tracked
+from .streams import StreamHead, hub_of, open_stream, tracked
 
 TRANSPORT = "websocket"
 MAX_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes, 2 of them the code
@@ -109,14 +109,13 @@ def websocket_router(settings: Settings, metrics: ApiMetrics) -> APIRouter:
             await _close(websocket, 4400, str(exc))
             return
         try:
-            if not await store.exists(job_id):
-                await _close(websocket, 4404, str(JobNotFoundError(job_id)))
-                return
-            await check_retained(store.redis, store.keys.events(job_id), start)
-            head = await stream_head(store, job_id)
+            head = await open_stream(store, job_id, start)
             if head.ended_by(start):
                 await _close(websocket, 1000, "job ended")
                 return
+        except JobNotFoundError as exc:
+            await _close(websocket, 4404, str(exc))
+            return
         except StreamGoneError as exc:
             await _close(websocket, 4410, str(exc))
             return

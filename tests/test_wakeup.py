@@ -51,7 +51,7 @@ async def test_queued_job_starts_on_the_wake_up_message_not_the_poll(sleepy_stac
 class HoldingWorkers:
     """Two arq workers on a queue of their own whose jobs wait until ``release`` is set."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, max_jobs: tuple[int, int] = (500, 500)) -> None:
         self.release = asyncio.Event()
         self.queue = f"test-queue-{new_job_id()}"
         self.redis = connect(settings)
@@ -68,15 +68,18 @@ class HoldingWorkers:
                 poll_delay=3600,
                 handle_signals=False,
                 keep_result=0,
-                max_jobs=500,
+                max_jobs=room,
                 job_serializer=job_serializer,
                 job_deserializer=job_deserializer,
             )
-            for _ in range(2)
+            for room in max_jobs
         ]
 
-    async def enqueue(self, count: int) -> list[bytes]:
-        jobs = [await self.redis.enqueue_job("hold", _queue_name=self.queue) for _ in range(count)]
+    async def enqueue(self, count: int, **options: Any) -> list[bytes]:
+        jobs = [
+            await self.redis.enqueue_job("hold", _queue_name=self.queue, **options)
+            for _ in range(count)
+        ]
         return [job.job_id.encode() for job in jobs if job is not None]
 
     async def aclose(self) -> None:
@@ -120,3 +123,34 @@ async def test_two_workers_polling_one_burst_start_each_job_exactly_once(
     await asyncio.gather(*(w.start_jobs(ids) for w in holding.workers))
     claimed = [job_id for w in holding.workers for job_id in w.tasks]
     assert sorted(claimed) == sorted(i.decode() for i in ids)  # all, none twice
+
+
+async def test_a_worker_with_room_for_two_starts_the_two_free_jobs_among_many_running_elsewhere(
+    settings: Settings,
+) -> None:
+    workers = HoldingWorkers(settings, max_jobs=(500, 2))
+    try:
+        here, small = workers.workers
+        busy = await workers.enqueue(20)
+        await here.start_jobs(busy)
+        free = await workers.enqueue(2)
+
+        await small.start_jobs(busy + free)
+
+        assert sorted(small.tasks) == sorted(i.decode() for i in free)
+        assert small.job_counter == 2 and len(here.tasks) == 20
+    finally:
+        await workers.aclose()
+
+
+async def test_a_job_deferred_to_later_is_not_started_before_it_is_due(
+    holding: HoldingWorkers,
+) -> None:
+    here, _ = holding.workers
+    later = await holding.enqueue(1, _defer_by=60)
+    now = await holding.enqueue(1)
+
+    await here.start_jobs(later + now)
+
+    assert sorted(here.tasks) == [now[0].decode()]
+    assert here.job_counter == 1

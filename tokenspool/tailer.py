@@ -7,6 +7,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -59,7 +60,11 @@ async def check_retained(redis: Redis, stream: str, after: str) -> None:
     than the oldest retained entry then has a gap behind it. (An offset equal to the last
     trimmed id is refused too: the server does not say which ids it trimmed.)
     """
-    info = await redis.xinfo_stream(stream)
+    raise_if_trimmed(await redis.xinfo_stream(stream), after)
+
+
+def raise_if_trimmed(info: dict[str, Any], after: str) -> None:
+    """``check_retained`` on a reply of XINFO STREAM already read."""
     added, length = int(info.get("entries-added") or 0), int(info.get("length") or 0)
     first = info.get("first-entry")
     if added <= length or not first:

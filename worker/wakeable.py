@@ -5,11 +5,13 @@ short poll buys pickup latency with CPU (docs/benchmarks.md). Here the API publi
 wake channel after each enqueue, and the worker's loop waits for either that message or the
 (now long) poll delay. If a message is lost, the poll still finds the job.
 
-A job stays in arq's queue while it runs, and arq's ``start_jobs`` checks each queued id with
-four round trips (WATCH, EXISTS, ZSCORE, UNWATCH) before it sees the job is in progress: with
-200 streams running and 4 polls a second, 3,200 round trips a second for nothing. Ids that run
-in this process, or whose in-progress key exists, are dropped first (one pipelined EXISTS for
-all of them); arq still claims the others under WATCH, so the filter only saves work.
+A job stays in arq's queue while it runs, and arq's ``start_jobs`` claims each queued id on its
+own under WATCH (WATCH, EXISTS, ZSCORE, then MULTI/PSETEX/EXEC: four round trips, or three to
+learn it runs already): with 200 streams running and 4 polls a second, 3,200 round trips a
+second for nothing, and four per job started. Here ids running in this process are skipped, and
+the claim is one script doing the same checks and PSETEX atomically (``CLAIM``), so the claims
+of a poll go out in one pipelined round trip. arq's accounting (its semaphore and job counter,
+``run_job`` and the task per job) is unchanged.
 """
 
 from __future__ import annotations
@@ -21,12 +23,25 @@ import logging
 from arq import Worker
 from arq.connections import log_redis_info
 from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tokenspool.tasks import stop_task
 
 log = logging.getLogger("tokenspool.worker")
+
+# arq's claim of a queued job, atomic: not in progress anywhere, still queued and due, then
+# marked in progress. KEYS: in-progress key, queue; ARGV: job id, now (ms), in-progress TTL (ms).
+# Returns the job's queue score, or nil. EVAL (not EVALSHA): Redis caches the compiled script by
+# its SHA, and a restart that empties the cache cannot make a claim fail.
+CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+return score
+"""
 
 
 class WakeableWorker(Worker):
@@ -58,18 +73,58 @@ class WakeableWorker(Worker):
             await stop_task(listener)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        candidates = []
-        for job_id in job_ids:
-            task = self.tasks.get(job_id.decode())
+        """arq's ``start_jobs``: start every id that no worker runs yet, while this worker has
+        room (``max_jobs``); waits for room as arq does."""
+        pending: list[str] = []
+        for raw_id in job_ids:
+            task = self.tasks.get(raw_id.decode())
             if task is None or task.done():  # a done one may have been queued again (retry)
-                candidates.append(job_id)
-        if candidates:
+                pending.append(raw_id.decode())
+        if len(pending) > self.max_jobs - self.job_counter:
+            # more ids than room: leave out those running elsewhere first, or claims that fail
+            # would take the room of ids that are free
             async with self.pool.pipeline(transaction=False) as pipe:
-                for job_id in candidates:
-                    pipe.exists(in_progress_key_prefix + job_id.decode())
+                for job_id in pending:
+                    pipe.exists(in_progress_key_prefix + job_id)
                 running = await pipe.execute()
-            candidates = [j for j, busy in zip(candidates, running, strict=True) if not busy]
-        await super().start_jobs(candidates)
+            pending = [j for j, busy in zip(pending, running, strict=True) if not busy]
+        while pending:
+            await self.sem.acquire()  # arq's: wait for room
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            taken = 1
+            while taken < len(pending) and self.job_counter + taken < self.max_jobs:
+                if self.sem.locked():
+                    break
+                await self.sem.acquire()  # free: returns at once
+                taken += 1
+            batch, pending = pending[:taken], pending[taken:]
+            self.job_counter += taken
+            try:
+                scores = await self._claim(batch)
+            except BaseException:
+                for _ in batch:
+                    self._release_sem_dec_counter_on_complete()
+                raise
+            for job_id, score in zip(batch, scores, strict=True):
+                if score is None:  # running elsewhere, finished, or not due yet
+                    self._release_sem_dec_counter_on_complete()
+                    continue
+                t = self.loop.create_task(self.run_job(job_id, int(float(score))))
+                t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = t
+
+    async def _claim(self, job_ids: list[str]) -> list[bytes | None]:
+        """``CLAIM`` each id in one round trip: its queue score, or None if not claimed."""
+        now = str(timestamp_ms())
+        ttl = str(int(self.in_progress_timeout_s * 1000))
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                in_progress = in_progress_key_prefix + job_id
+                pipe.eval(CLAIM, 2, in_progress, self.queue_name, job_id, now, ttl)
+            scores: list[bytes | None] = await pipe.execute()
+        return scores
 
     async def _listen(self) -> None:
         while True:
