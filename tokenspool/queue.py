@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import cast
 
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
+from redis.asyncio.client import Pipeline
 
-from .errors import IdempotencyConflictError
+from .errors import IdempotencyConflictError, JobStateError
 from .jobs import JobPayload, JobRequest, new_job_id
 from .model_list import ModelList
 from .store import JobStore
 
 RUN_JOB = "run_job"  # the arq function name the workers register
+
+# arq's enqueue_job (which checks the keys under WATCH, then PSETEX and ZADD in MULTI/EXEC) as
+# one script, plus the workers' wake-up. KEYS: arq's job key, result key, queue; ARGV: job id,
+# score (ms), expiry (ms), serialized job, wake channel. Returns 1, or 0 if the id is taken.
+ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('PUBLISH', ARGV[5], ARGV[1])
+return 1
+"""
 
 
 async def submit(
@@ -46,14 +62,44 @@ async def submit(
                 if existing["fingerprint"] != fingerprint:
                     raise IdempotencyConflictError(idempotency_key, existing["job_id"])
                 return str(existing["job_id"]), False
-    # the stream exists (with job.queued) before any worker can see the job
-    await store.create(job_id, request)
     payload = JobPayload(job_id=job_id, request=request)
-    await pool.enqueue_job(
-        RUN_JOB,
-        payload.model_dump(mode="json", exclude_none=True),
-        _job_id=job_id,
-        _queue_name=store.settings.queue_name,
-    )
-    await pool.publish(store.keys.wake_channel, job_id)  # idle workers pick it up at once
+    # one transaction: the job's record and job.queued, then arq's job, then the wake-up (idle
+    # workers pick it up at once); no worker can see the job before its stream exists
+    async with store.redis.pipeline(transaction=True) as pipe:
+        store.add_create(pipe, job_id, request)
+        add_enqueue(pipe, pool, store, job_id, payload)
+        replies = await pipe.execute()
+    if replies[-1] != 1:  # the id is new, so arq's keys cannot exist yet
+        raise JobStateError(job_id, "queued in arq", "enqueue")
     return job_id, True
+
+
+def add_enqueue(
+    pipe: Pipeline, pool: ArqRedis, store: JobStore, job_id: str, payload: JobPayload
+) -> None:
+    """Queue on ``pipe`` what arq's ``enqueue_job(RUN_JOB, payload, _job_id=job_id)`` stores,
+    and the wake-up: the job serialized by arq, under arq's keys, with arq's expiry.
+
+    arq's enqueue_job takes three round trips of its own (WATCH, EXISTS, then MULTI/EXEC); as a
+    script it joins the job's other writes in one."""
+    now = timestamp_ms()
+    job = serialize_job(
+        RUN_JOB,
+        (payload.model_dump(mode="json", exclude_none=True),),
+        {},
+        None,
+        now,
+        serializer=pool.job_serializer,
+    )
+    pipe.eval(
+        ENQUEUE,
+        3,
+        job_key_prefix + job_id,
+        result_key_prefix + job_id,
+        store.settings.queue_name,
+        job_id,
+        str(now),  # the score: due at once
+        str(pool.expires_extra_ms),  # arq's expiry of a job due at once
+        cast(str, job),  # bytes: redis-py sends them as they are
+        store.keys.wake_channel,
+    )

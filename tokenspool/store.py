@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from . import keys as k
@@ -51,32 +52,37 @@ class JobStore:
 
     async def create(self, job_id: str, request: JobRequest) -> str:
         """Write the job hash and its ``job.queued`` event; returns that event's id."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self.add_create(pipe, job_id, request)
+            result = await pipe.execute()
+        return as_text(result[1])
+
+    def add_create(self, pipe: Pipeline, job_id: str, request: JobRequest) -> None:
+        """Queue on ``pipe`` what ``create`` writes (six commands; the second one's reply is
+        the ``job.queued`` event's id)."""
         now = time.time()
         job_key, events_key = self.keys.job(job_id), self.keys.events(job_id)
         queued = JobQueued(job_id=job_id, attempt=0, model=request.model)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                job_key,
-                mapping={
-                    k.F_STATUS: JobStatus.queued.value,
-                    k.F_MODEL: request.model,
-                    k.F_REQUEST: request.model_dump_json(exclude_none=True),
-                    k.F_ATTEMPT: 0,
-                    k.F_CREATED: repr(now),
-                    k.F_ORDINAL: 1,
-                },
-            )
-            pipe.xadd(
-                events_key,
-                cast(dict[Any, Any], {k.E_ORDINAL: 1, **queued.to_fields()}),
-                maxlen=self.settings.stream_maxlen,
-            )
-            pipe.expire(job_key, self.active_ttl)
-            pipe.expire(events_key, self.active_ttl)
-            pipe.zadd(self.keys.jobs_index, {job_id: now})
-            pipe.zremrangebyrank(self.keys.jobs_index, 0, -10_001)  # keep the newest 10,000
-            result = await pipe.execute()
-        return as_text(result[1])
+        pipe.hset(
+            job_key,
+            mapping={
+                k.F_STATUS: JobStatus.queued.value,
+                k.F_MODEL: request.model,
+                k.F_REQUEST: request.model_dump_json(exclude_none=True),
+                k.F_ATTEMPT: 0,
+                k.F_CREATED: repr(now),
+                k.F_ORDINAL: 1,
+            },
+        )
+        pipe.xadd(
+            events_key,
+            cast(dict[Any, Any], {k.E_ORDINAL: 1, **queued.to_fields()}),
+            maxlen=self.settings.stream_maxlen,
+        )
+        pipe.expire(job_key, self.active_ttl)
+        pipe.expire(events_key, self.active_ttl)
+        pipe.zadd(self.keys.jobs_index, {job_id: now})
+        pipe.zremrangebyrank(self.keys.jobs_index, 0, -10_001)  # keep the newest 10,000
 
     @property
     def lease_ms(self) -> int:
