@@ -24,8 +24,9 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from tokenspool.fake_llm import chunks, plan, usage_chunk
 
@@ -40,6 +41,35 @@ def _prompt(body: dict[str, Any]) -> str:
     return ""
 
 
+class _Clocked(Response):
+    """Chunk i at ``start + i x delay`` (the usage chunk and [DONE] follow the last at once),
+    its send time kept just before it goes to the server.
+
+    The frames are encoded up front and sent with one ASGI ``send`` each, without
+    StreamingResponse's task group and disconnect listener: the provider shares two cores with
+    the stack it measures, so it should cost little per chunk. A client that leaves makes the
+    server drop the rest (uvicorn ignores sends after a disconnect)."""
+
+    def __init__(
+        self, frames: list[bytes], timed: int, start: float, delay: float, times: list[float]
+    ) -> None:
+        super().__init__(media_type="text/event-stream")
+        self.frames, self.timed, self.times = frames, timed, times
+        self.start, self.delay = start, delay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i, frame in enumerate(self.frames):
+            if i < self.timed:  # the chunks; the usage chunk and [DONE] follow the last at once
+                wait = self.start + i * self.delay - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self.times.append(time.time())
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def create_app() -> Starlette:
     sends: collections.OrderedDict[str, list[float]] = collections.OrderedDict()
 
@@ -52,21 +82,12 @@ def create_app() -> Starlette:
         sends[prompt] = times
         while len(sends) > MAX_LOGGED:
             sends.popitem(last=False)
-        items = chunks(p, completion_id)
-        start = time.monotonic() + p.ttft_s
-
-        async def stream() -> Any:
-            for i, item in enumerate(items):
-                wait = start + i * p.delay_s - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                times.append(time.time())
-                yield f"data: {json.dumps(item)}\n\n"
-            if p.include_usage:
-                yield f"data: {json.dumps(usage_chunk(p, completion_id))}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(stream(), media_type="text/event-stream")
+        frames = [b"data: %s\n\n" % json.dumps(item).encode() for item in chunks(p, completion_id)]
+        timed = len(frames)
+        if p.include_usage:
+            frames.append(b"data: %s\n\n" % json.dumps(usage_chunk(p, completion_id)).encode())
+        frames.append(b"data: [DONE]\n\n")
+        return _Clocked(frames, timed, time.monotonic() + p.ttft_s, p.delay_s, times)
 
     async def sent(request: Request) -> Response:
         return JSONResponse(sends)
