@@ -9,7 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tokenspool.gcpolicy import NO_AUTOMATIC_FULL, freeze_startup_objects, full_collections
+from tokenspool.gcpolicy import (
+    NO_AUTOMATIC_FULL,
+    YOUNG_THRESHOLD,
+    freeze_startup_objects,
+    full_collections,
+)
 from tokenspool.tasks import stop_task
 
 
@@ -29,10 +34,10 @@ class _Node:
 
 
 def test_startup_objects_are_frozen_and_full_passes_left_to_the_timer(restore_gc: None) -> None:
-    young, middle, _ = gc.get_threshold()
+    _, middle, _ = gc.get_threshold()
     freeze_startup_objects()
     assert gc.get_freeze_count() > 0
-    assert gc.get_threshold() == (young, middle, NO_AUTOMATIC_FULL)
+    assert gc.get_threshold() == (YOUNG_THRESHOLD, middle, NO_AUTOMATIC_FULL)
 
 
 async def test_the_timer_collects_cyclic_garbage(restore_gc: None) -> None:
