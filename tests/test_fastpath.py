@@ -50,6 +50,8 @@ SCRIPTS: list[tuple[str, str, dict[str, Any]]] = [
     ("fake-gpt", "bad [fake status=400]", {}),
     ("fake-gpt", "dropped [fake drop_after=4 chunks=10]", {}),
     ("fake-gpt", "stalled [fake stall_after=3 chunks=10]", {}),
+    ("fake-gpt", "stalled before a chunk [fake stall_after=0 chunks=10]", {}),
+    ("fake-gpt", "dropped before a chunk [fake drop_after=0 chunks=10]", {}),
 ]
 
 
