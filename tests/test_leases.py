@@ -43,3 +43,12 @@ async def test_renewal_that_crosses_the_terminal_write_is_not_a_lost_lease(
     # the keeper's snapshot still held the attempt when the job ended
     assert await store.renew({job_id: 1}) == {job_id: True}
     assert not await _in_running_set(store, job_id)  # the reaper will not look at it again
+
+
+async def test_renewal_after_redis_lost_its_scripts_loads_the_script_again(
+    store: JobStore,
+) -> None:
+    job_id = await _running(store)
+    await store.redis.script_flush()
+    assert await store.renew({job_id: 1}) == {job_id: True}
+    assert await store.renew({job_id: 2}) == {job_id: False}

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from . import keys as k
 from . import scripts
@@ -120,14 +120,22 @@ class JobStore:
         if not leases:
             return {}
         deadline = time.time() * 1000 + self.lease_ms
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id, attempt in leases.items():
-                await self._lease(
-                    keys=[self.keys.job(job_id)], args=[attempt, self.lease_ms], client=pipe
-                )
-            # XX: a job that ended and left the running set meanwhile stays out of it
-            pipe.zadd(self.keys.running, dict.fromkeys(leases, deadline), xx=True)
-            results = await pipe.execute()
+        lease = str(self.lease_ms)
+        # EVALSHA straight into the pipeline: a Script object in a pipeline costs a SCRIPT
+        # EXISTS round trip per execute and a few µs per call (2,000 jobs renew every second)
+        for _ in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id, attempt in leases.items():
+                    pipe.evalsha(self._lease.sha, 1, self.keys.job(job_id), str(attempt), lease)
+                # XX: a job that ended and left the running set meanwhile stays out of it
+                pipe.zadd(self.keys.running, dict.fromkeys(leases, deadline), xx=True)
+                results = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, NoScriptError) for r in results):
+                break
+            await self.redis.script_load(scripts.LEASE)  # Redis lost its script cache
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
         return {job_id: r != 0 for job_id, r in zip(leases, results, strict=False)}
 
     async def release(self, job_id: str, attempt: int) -> None:
