@@ -93,9 +93,9 @@ return 1
 WRITE = (
     _NOTIFY
     + """
-local attempt = redis.call('HGET', KEYS[1], 'attempt')
-local status = redis.call('HGET', KEYS[1], 'status')
-local seq = tonumber(redis.call('HGET', KEYS[1], 'wseq') or '0')
+local h = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'wseq')
+local attempt, status = h[1], h[2]
+local seq = tonumber(h[3] or '0')
 if attempt == ARGV[1] and tonumber(ARGV[7]) <= seq then
   return ''
 end
