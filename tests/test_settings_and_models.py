@@ -236,3 +236,29 @@ def test_packaged_default_models_file_loads() -> None:
     for name in models.names:
         models.check(name)
         assert models.params(name)["model"].startswith("openai/")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "completion"), [(0, 0), (1, 0), (0, 1), (12, 345), (123_456, 7_890)]
+)
+def test_a_models_own_prices_cost_what_litellm_computes_for_them(
+    prompt: int, completion: int
+) -> None:
+    # imported here: litellm takes ~2 s to import, which only this test of the module needs
+    from litellm.types.utils import CostPerToken
+
+    from tokenspool.provider import cost_usd, load_litellm
+
+    params = {
+        "model": "openai/anything",
+        "input_cost_per_token": 1.5e-06,
+        "output_cost_per_token": 2.25e-06,
+    }
+    custom = CostPerToken(input_cost_per_token=1.5e-06, output_cost_per_token=2.25e-06)
+    litellm_prompt, litellm_completion = load_litellm().cost_per_token(
+        model=params["model"],
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        custom_cost_per_token=custom,
+    )
+    assert cost_usd(params, prompt, completion) == round(litellm_prompt + litellm_completion, 10)

@@ -146,21 +146,18 @@ class ProviderStream:
 def cost_usd(params: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> float | None:
     """The job's cost from litellm's pricing (or the model's own ``input_cost_per_token`` /
     ``output_cost_per_token`` in the models file); None when the model has no known price."""
-    litellm = load_litellm()
-    custom = None
     if "input_cost_per_token" in params or "output_cost_per_token" in params:
-        from litellm.types.utils import CostPerToken
-
-        custom = CostPerToken(
-            input_cost_per_token=float(params.get("input_cost_per_token", 0.0)),
-            output_cost_per_token=float(params.get("output_cost_per_token", 0.0)),
-        )
+        # the model's own prices: what litellm's cost_per_token computes for custom prices
+        # (price x tokens, each side), without its ~0.1 ms of provider lookups per job
+        prompt_cost = float(params.get("input_cost_per_token", 0.0)) * prompt_tokens
+        completion_cost = float(params.get("output_cost_per_token", 0.0)) * completion_tokens
+        return round(prompt_cost + completion_cost, 10)
+    litellm = load_litellm()
     try:
         prompt_cost, completion_cost = litellm.cost_per_token(
             model=params.get("model", ""),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            custom_cost_per_token=custom,
         )
     except Exception:  # litellm raises several types for unmapped models: no price known
         return None
