@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tokenspool.gcpolicy import (
+    MIDDLE_THRESHOLD,
     NO_AUTOMATIC_FULL,
     YOUNG_THRESHOLD,
     freeze_startup_objects,
@@ -34,10 +35,9 @@ class _Node:
 
 
 def test_startup_objects_are_frozen_and_full_passes_left_to_the_timer(restore_gc: None) -> None:
-    _, middle, _ = gc.get_threshold()
     freeze_startup_objects()
     assert gc.get_freeze_count() > 0
-    assert gc.get_threshold() == (YOUNG_THRESHOLD, middle, NO_AUTOMATIC_FULL)
+    assert gc.get_threshold() == (YOUNG_THRESHOLD, MIDDLE_THRESHOLD, NO_AUTOMATIC_FULL)
 
 
 async def test_the_timer_collects_cyclic_garbage(restore_gc: None) -> None:

@@ -11,15 +11,17 @@ run on a timer instead, every ``gc_full_seconds``: the cyclic garbage that reach
 generation is collected within that bound.
 
 The young generation is collected after ``YOUNG_THRESHOLD`` net allocations rather than
-CPython's 700. A collection walks every young object still alive, and a process relaying many
-streams keeps many short-lived objects alive for a while (per stream: a read's waiter and
-timeout handle until its next chunk, a write's arguments until Redis answers). Every 700
-allocations caught most of them alive, so each was walked in the young and again in the middle
-generation: with 2,000 streams at 5 chunks/s, the young and middle collections took 13% of the
-worker's CPU and 22% of the API's. Collected every 50,000, most of those objects have been freed
-by their reference counts first; in that scenario the worker's CPU per chunk fell by ~13% and
-relay p50 from ~260 ms to ~65 ms (the machine is overloaded there either way). With 500 streams
-no difference was measured.
+CPython's 700, and the middle one every third young collection rather than every eleventh. A
+collection walks every young object still alive, and a process relaying many streams keeps many
+short-lived objects alive for a while (per stream: a read's waiter and timeout handle until its
+next chunk, a write's arguments until Redis answers). Every 700 allocations caught most of them
+alive, so each was walked in the young and again in the middle generation: with 2,000 streams at
+5 chunks/s the young and middle collections took 13% of the worker's CPU and 22% of the API's,
+and relay p50 was 240-290 ms (the machine is overloaded there). Collected every 20,000, most of
+those objects have been freed by their reference counts first: p50 65-74 ms, worker CPU per chunk
+~10% lower. The price is longer pauses: up to ~80 ms for a young and ~170 ms for a middle
+collection in that scenario (at 50,000 and every eleventh, a middle one took 530-590 ms while
+2,000 jobs started). With 500 streams no difference was measured.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import time
 log = logging.getLogger(__name__)
 
 NO_AUTOMATIC_FULL = 1_000_000  # middle-generation passes between automatic full ones
-YOUNG_THRESHOLD = 50_000  # net allocations between young collections (CPython's default: 700)
+YOUNG_THRESHOLD = 20_000  # net allocations between young collections (CPython's default: 700)
+MIDDLE_THRESHOLD = 2  # young collections between middle ones, plus one (CPython's default: 10)
 
 
 def freeze_startup_objects() -> None:
@@ -40,8 +43,7 @@ def freeze_startup_objects() -> None:
     young generation less often; and leave full collections to :func:`full_collections`."""
     gc.collect()
     gc.freeze()
-    _, middle, _ = gc.get_threshold()
-    gc.set_threshold(YOUNG_THRESHOLD, middle, NO_AUTOMATIC_FULL)
+    gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, NO_AUTOMATIC_FULL)
 
 
 async def full_collections(every: float) -> None:
