@@ -9,6 +9,8 @@ it has consumers for and, when notified, reads only the notified streams, each f
 smallest waiting position, with one non-blocking ``XREAD COUNT STREAMS ...``. One read is in
 flight at a time: notifications that arrive meanwhile are gathered into the next, so reads
 batch themselves under load. Redis then works per entry written, not per open stream.
+The pub/sub side (subscribing to match the consumers, reading the notifications) is
+``subscriptions.Subscriptions``.
 
 It is a pull model as ``tail()`` is: a consumer busy writing to its client is not waiting, so
 nothing is read or held for it, and what it is given is at most one ``COUNT`` batch.
@@ -35,9 +37,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -45,6 +45,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .errors import HubClosedError, JobNotFoundError, StreamGoneError, StreamReadError
 from .events import TERMINAL_TYPES
 from .keys import Keys
+from .subscriptions import Subscriptions
 from .tailer import EVENT_ID_RE, RECONNECT_DELAYS, id_tuple, parse_event_id
 from .tasks import stop_task
 
@@ -59,22 +60,6 @@ _TERMINAL = frozenset(t.encode() for t in TERMINAL_TYPES)
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("stream hub: %s stopped", task.get_name(), exc_info=task.exception())
-
-
-def _buffered_reply(connection: AbstractConnection) -> Any:
-    """The next reply already in the connection's hiredis reader, or None if it holds no
-    whole reply (then a read must wait for the socket). Replies are taken as redis-py's own
-    read would take them: an error reply raises."""
-    parser = connection._parser
-    reader = getattr(parser, "_reader", None)
-    if reader is None or not getattr(parser, "_connected", False):
-        return None  # no hiredis parser (or it disconnected): the timed read handles it
-    reply = reader.gets()
-    if reply is NOT_ENOUGH_DATA:
-        return None
-    if isinstance(reply, Exception):
-        raise reply
-    return reply
 
 
 def _position(entry_id: bytes) -> Position:
@@ -152,12 +137,13 @@ class Hub:
         self.sweeps = 0
         self._redis = redis
         self._reader = reader
-        self._pubsub = reader.pubsub()
+        self._subscriptions = Subscriptions(
+            reader, self._notified, self._subscribed, listen_timeout=block_ms / 1000
+        )
         self._streams: dict[str, _Stream] = {}  # by job id: the jobs with consumers here
         self._by_channel: dict[bytes, _Stream] = {}
         self._due: dict[_Stream, None] = {}  # streams to read next (insertion-ordered set)
         self._wake = asyncio.Event()  # something is due
-        self._resubscribe = asyncio.Event()  # the channels wanted changed
         self._next_sweep = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -170,7 +156,7 @@ class Hub:
     @property
     def subscribed(self) -> int:
         """How many jobs' channels the hub listens on (the jobs with consumers here)."""
-        return len(self._pubsub.channels)
+        return self._subscriptions.subscribed
 
     def stats(self) -> dict[str, int]:
         """The counters, for metrics."""
@@ -188,8 +174,8 @@ class Hub:
         self._next_sweep = time.monotonic() + self.block_ms / 1000
         self._tasks = [
             asyncio.create_task(self._run(), name="tokenspool-hub-reader"),
-            asyncio.create_task(self._listen(), name="tokenspool-hub-listener"),
-            asyncio.create_task(self._subscriber(), name="tokenspool-hub-subscriber"),
+            asyncio.create_task(self._subscriptions.listen(), name="tokenspool-hub-listener"),
+            asyncio.create_task(self._subscriptions.apply(), name="tokenspool-hub-subscriber"),
         ]
         for task in self._tasks:
             task.add_done_callback(_log_crash)
@@ -201,11 +187,11 @@ class Hub:
         # completes (bpo-42130), and the task would go on waiting
         self._closed = True
         self._wake.set()
-        self._resubscribe.set()
+        self._subscriptions.closing()
         for task in reversed(self._tasks):
             await stop_task(task)
         self._fail_all(HubClosedError("the stream hub stopped"))
-        await asyncio.shield(self._pubsub.aclose())
+        await self._subscriptions.aclose()
 
     async def tail(self, job_id: str, after: str = "0") -> AsyncGenerator[list[Entry], None]:
         """Yield the entries of ``job_id`` after ``after`` in batches, until (and including)
@@ -253,7 +239,7 @@ class Hub:
         if stream is None:
             stream = self._streams[job_id] = _Stream(job_id, self.keys)
             self._by_channel[stream.channel] = stream
-            self._resubscribe.set()
+            self._subscriptions.want(stream.channel)
         stream.consumers += 1
         return stream
 
@@ -263,7 +249,7 @@ class Hub:
             del self._streams[stream.job_id]
             del self._by_channel[stream.channel]
             self._due.pop(stream, None)
-            self._resubscribe.set()
+            self._subscriptions.drop(stream.channel)
 
     async def _next(self, stream: _Stream, after: str, *, catch_up: bool) -> list[Entry]:
         """Wait for the entries of ``stream`` after ``after`` (empty: none for a while)."""
@@ -470,46 +456,7 @@ class Hub:
             if stream.waiters:
                 self._due[stream] = None
 
-    # -- notifications ------------------------------------------------------------------------
-
-    async def _listen(self) -> None:
-        """Receive the notifications and the subscription confirmations. After a pub/sub
-        error it reconnects, which resubscribes every channel (redis-py's PubSub does), and
-        each confirmation is a catch-up.
-
-        It reads the pub/sub connection's replies itself rather than through
-        ``PubSub.get_message``, which costs ~7 µs a message (a timer, the retry wrapper and a
-        dict each): one timed read waits for the next reply, and the replies that came with it
-        are taken from the parser's buffer without waiting (~0.4 µs each). Confirmations still
-        go through redis-py's ``handle_message``, which keeps its record of the channels."""
-        failures = 0
-        while not self._closed:
-            try:
-                await self._pubsub.connect()
-                self._resubscribe.set()  # channels wanted while it was away
-                connection = self._pubsub.connection
-                assert connection is not None  # connect() sets it
-                while not self._closed:
-                    # None: nothing for a while (the connection stays up); on any error the
-                    # connection disconnects itself and connect() above reconnects it
-                    reply = await connection.read_response(timeout=self.block_ms / 1000)
-                    failures = 0
-                    while reply is not None:
-                        await self._on_reply(reply)
-                        reply = _buffered_reply(connection)
-            except _REDIS_ERRORS as exc:
-                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
-                failures += 1
-                log.warning("stream hub: pub/sub failed (%s); reconnecting in %ss", exc, delay)
-                await asyncio.sleep(delay)
-
-    async def _on_reply(self, reply: Any) -> None:
-        if isinstance(reply, list) and reply and reply[0] == b"message":
-            self._notified(reply[1], reply[2])
-            return
-        message = await self._pubsub.handle_message(reply)  # (un)subscribe confirmations
-        if message is not None and message["type"] == "subscribe":
-            self._subscribed(message["channel"])
+    # -- notifications (called by the subscriptions' listener) ---------------------------------
 
     def _notified(self, channel: bytes, data: bytes) -> None:
         """A script appended to the stream of ``channel``'s job; ``data`` is its last id."""
@@ -539,22 +486,3 @@ class Hub:
         if stream.waiters:
             self._due[stream] = None
             self._wake.set()
-
-    async def _subscriber(self) -> None:
-        """SUBSCRIBE to the channels of the jobs that gained consumers, UNSUBSCRIBE from
-        those that lost their last one, each change set in one command."""
-        while not self._closed:
-            await self._resubscribe.wait()
-            self._resubscribe.clear()
-            connection = self._pubsub.connection
-            if self._closed or connection is None or not connection.is_connected:
-                continue  # the listener reconnects, then asks again
-            current = set(self._pubsub.channels) - set(self._pubsub.pending_unsubscribe_channels)
-            wanted = set(self._by_channel)
-            try:
-                if wanted - current:
-                    await self._pubsub.subscribe(*(wanted - current))
-                if current - wanted:
-                    await self._pubsub.unsubscribe(*(current - wanted))
-            except _REDIS_ERRORS as exc:
-                log.warning("stream hub: (un)subscribe failed (%s); after the reconnect", exc)
