@@ -3,8 +3,12 @@ still runs, one that another attempt replaced, and one that ended the job meanwh
 
 from __future__ import annotations
 
+from arq.connections import ArqRedis
+
 from tokenspool.events import JobCompleted
 from tokenspool.jobs import JobRequest, new_job_id
+from tokenspool.leases import LeaseKeeper, Reaper
+from tokenspool.settings import Settings
 from tokenspool.store import JobStore
 
 
@@ -52,3 +56,26 @@ async def test_renewal_after_redis_lost_its_scripts_loads_the_script_again(
     await store.redis.script_flush()
     assert await store.renew({job_id: 1}) == {job_id: True}
     assert await store.renew({job_id: 2}) == {job_id: False}
+
+
+async def test_a_lapsed_lease_of_this_processs_own_attempt_is_renewed_not_taken_over(
+    redis: ArqRedis, settings: Settings
+) -> None:
+    # a key prefix of its own: the stack's workers never reap this job
+    store = JobStore(redis, settings.model_copy(update={"key_prefix": f"reap-{new_job_id()}"}))
+    mine, orphan = await _running(store), await _running(store)
+    keeper = LeaseKeeper(store)
+    keeper.hold(mine, 1)
+    for job_id in (mine, orphan):
+        await store.release(job_id, 1)  # both leases lapsed, as after a long stall
+    taken: list[str] = []
+
+    async def take_over(job_id: str) -> None:
+        taken.append(job_id)
+
+    reaper = Reaper(store, lambda: 10, take_over, keeper)
+    assert await reaper.reap_once() == 1
+
+    assert taken == [orphan]  # the job no attempt here runs is taken over
+    assert await store.expired(10) == [orphan]  # ours was renewed, and is not expired
+    assert await store.renew({mine: 1}) == {mine: True}

@@ -4,7 +4,9 @@ Each running attempt holds ``lease_until`` on its job hash (Redis server time). 
 per worker process renews all of its attempts in one pipelined round trip every
 ``lease_renew_seconds``; an attempt whose renewal is refused (another worker took the job
 over) is told through its ``lost`` event and stops its provider stream. A reaper task per
-process looks for running jobs whose lease deadline passed and starts their next attempt.
+process looks for running jobs whose lease deadline passed and starts their next attempt,
+except the ones its own keeper holds: those belong to a process that is alive (it is reaping)
+but renewed late, as an overloaded event loop does, so they are renewed instead of restarted.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class LeaseKeeper:
 
     def drop(self, job_id: str) -> None:
         self._held.pop(job_id, None)
+
+    def holds(self, job_id: str) -> bool:
+        """Whether an attempt of this process runs ``job_id``."""
+        return job_id in self._held
 
     @property
     def count(self) -> int:
@@ -65,10 +71,12 @@ class Reaper:
         store: JobStore,
         capacity: Callable[[], int],
         take_over: Callable[[str], Awaitable[None]],
+        keeper: LeaseKeeper | None = None,
     ) -> None:
         self.store = store
         self.capacity = capacity
         self.take_over = take_over
+        self.keeper = keeper  # this process's leases: renewed, never taken over
         self._task: asyncio.Task[None] | None = None
         self.accepting = True
 
@@ -84,9 +92,16 @@ class Reaper:
         if free <= 0 or not self.accepting:
             return 0
         taken = 0
+        late = False
         for job_id in await self.store.expired(free):
+            if self.keeper is not None and self.keeper.holds(job_id):
+                late = True  # our own attempt runs it: restarting it would only repeat it
+                continue
             await self.take_over(job_id)
             taken += 1
+        if late and self.keeper is not None:
+            log.warning("leases of running attempts lapsed before their renewal; renewing now")
+            await self.keeper.renew_now()
         return taken
 
     async def _run(self) -> None:

@@ -96,7 +96,7 @@ def build_worker(settings: Settings) -> Worker:
 
         if settings.worker_metrics_port is not None:
             run_ctx.metrics.serve(settings.worker_metrics_port)
-        reaper = Reaper(store, lambda: settings.max_jobs - leases.count, take_over)
+        reaper = Reaper(store, lambda: settings.max_jobs - leases.count, take_over, leases)
         reaper.start()
         ctx["tokenspool"] = run_ctx
         ctx["tokenspool_reaper"] = reaper
