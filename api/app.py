@@ -15,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tokenspool import queue
 from tokenspool.connections import close, connect, connect_reader
 from tokenspool.errors import (
+    REDIS_UNREACHABLE,
     IdempotencyConflictError,
     InvalidEventIdError,
     JobNotFoundError,
@@ -262,7 +263,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def readyz(request: Request) -> JSONResponse:
         try:
             await request.app.state.pool.ping()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except REDIS_UNREACHABLE as exc:
             return _error(503, f"Redis unreachable: {exc}")
         return JSONResponse({"status": "ready"})
 

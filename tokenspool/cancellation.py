@@ -15,9 +15,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .errors import REDIS_UNREACHABLE
 from .tasks import every, stop_task
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ class CancelWatcher:
                     event = self._events.get(job_id)
                     if event is not None:
                         event.set()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except REDIS_UNREACHABLE as exc:
                 self.ready.clear()
                 log.warning("cancel subscription lost (%s); resubscribing", exc)
                 await asyncio.sleep(0.5)

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# what a lost or unreachable Redis raises (redis-py's errors, not ours): the loops that wait it
+# out and retry catch these
+REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
 
 class TokenspoolError(Exception):
     """Root of every error tokenspool raises."""

@@ -38,11 +38,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import HubClosedError, JobNotFoundError, StreamGoneError, StreamReadError
+from .errors import (
+    REDIS_UNREACHABLE,
+    HubClosedError,
+    JobNotFoundError,
+    StreamGoneError,
+    StreamReadError,
+)
 from .events import TERMINAL_TYPES
 from .keys import Keys
 from .subscriptions import Subscriptions
@@ -53,7 +57,6 @@ log = logging.getLogger(__name__)
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # an XREAD entry, not decoded: (id, fields)
 Position = tuple[int, int]
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _TERMINAL = frozenset(t.encode() for t in TERMINAL_TYPES)
 
 
@@ -299,7 +302,7 @@ class Hub:
                         await self._sweep()
                     if self._due:
                         await self._read()
-                except _REDIS_ERRORS as exc:
+                except REDIS_UNREACHABLE as exc:
                     now = time.monotonic()
                     outage_started = outage_started or now
                     if now - outage_started > self.reconnect_timeout:

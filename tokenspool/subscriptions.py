@@ -23,14 +23,11 @@ from typing import Any
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .errors import REDIS_UNREACHABLE
 from .tailer import RECONNECT_DELAYS
 
 log = logging.getLogger(__name__)
-
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def _buffered_reply(connection: AbstractConnection) -> Any:
@@ -110,7 +107,7 @@ class Subscriptions:
                     while reply is not None:
                         await self._on_reply(reply)
                         reply = _buffered_reply(connection)
-            except _REDIS_ERRORS as exc:
+            except REDIS_UNREACHABLE as exc:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
                 log.warning("stream hub: pub/sub failed (%s); reconnecting in %ss", exc, delay)
@@ -140,5 +137,5 @@ class Subscriptions:
                     await self._pubsub.subscribe(*(wanted - current))
                 if current - wanted:
                     await self._pubsub.unsubscribe(*(current - wanted))
-            except _REDIS_ERRORS as exc:
+            except REDIS_UNREACHABLE as exc:
                 log.warning("stream hub: (un)subscribe failed (%s); after the reconnect", exc)

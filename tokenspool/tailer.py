@@ -10,10 +10,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import InvalidEventIdError, JobNotFoundError, StreamGoneError, TokenspoolError
+from .errors import (
+    REDIS_UNREACHABLE,
+    InvalidEventIdError,
+    JobNotFoundError,
+    StreamGoneError,
+    TokenspoolError,
+)
 from .events import Event, from_entry, is_terminal
 from .keys import Keys
 
@@ -110,7 +114,7 @@ async def tail(
     while True:
         try:
             response = await redis.xread({stream: last}, count=count, block=block_ms)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except REDIS_UNREACHABLE as exc:
             now = time.monotonic()
             outage_started = outage_started or now
             if now - outage_started > reconnect_timeout:

@@ -24,9 +24,8 @@ from arq import Worker
 from arq.connections import log_redis_info
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tokenspool.errors import REDIS_UNREACHABLE
 from tokenspool.tasks import stop_task
 
 log = logging.getLogger("tokenspool.worker")
@@ -134,7 +133,7 @@ class WakeableWorker(Worker):
                 while True:
                     if await pubsub.get_message(timeout=5.0) is not None:
                         self._wake.set()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except REDIS_UNREACHABLE as exc:
                 log.warning("wake subscription lost (%s); the poll still finds jobs", exc)
                 await asyncio.sleep(0.5)
             finally:
