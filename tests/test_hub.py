@@ -96,6 +96,20 @@ async def collect(hub: Hub, job_id: str, after: str = "0") -> list[str]:
     return got
 
 
+async def waiting_consumers(
+    hub: Hub, starts: list[tuple[str, str]], *, subscribed: bool = True
+) -> list[asyncio.Task[list[str]]]:
+    """A consumer (``collect``) of each (job id, after), returned once the hub counts them all
+    as waiting and, with ``subscribed``, their jobs' channels as subscribed."""
+    consumers = [asyncio.create_task(collect(hub, job_id, after)) for job_id, after in starts]
+
+    async def all_waiting() -> bool:
+        return hub.waiting == len(starts) and (not subscribed or hub.subscribed == len(starts))
+
+    await wait_until(all_waiting)
+    return consumers
+
+
 async def test_consumers_of_one_job_at_different_offsets_each_get_exactly_the_entries_after_theirs(
     redis: Redis, hub_keys: Keys, hub_factory: HubFactory
 ) -> None:
@@ -120,12 +134,7 @@ async def test_consumer_registering_while_others_wait_gets_its_entries_without_a
     hub = await hub_factory(block_ms=60_000)  # no sweep within the test's timeout
     idle, busy = Job(redis, hub_keys), Job(redis, hub_keys)
     idle_after = (await idle.append(1))[0]
-    waiting = asyncio.create_task(collect(hub, idle.id, idle_after))
-
-    async def idle_subscribed() -> bool:
-        return hub.waiting == 1 and hub.subscribed == 1
-
-    await wait_until(idle_subscribed)
+    [waiting] = await waiting_consumers(hub, [(idle.id, idle_after)])
     await busy.append(2)
 
     async with aclosing(hub.tail(busy.id)) as batches:
@@ -149,12 +158,7 @@ async def test_notifications_arriving_together_each_wake_their_stream_without_a_
     jobs = [Job(redis, hub_keys) for _ in range(200)]
     for job in jobs:
         await job.append(1, notify=False)
-    consumers = [asyncio.create_task(collect(hub, job.id, job.ids[0])) for job in jobs]
-
-    async def all_caught_up() -> bool:
-        return hub.waiting == len(jobs) and hub.subscribed == len(jobs)
-
-    await wait_until(all_caught_up)
+    consumers = await waiting_consumers(hub, [(job.id, job.ids[0]) for job in jobs])
     # every job's terminal entry, then all 200 notifications in one write: the listener
     # takes most of them from its buffer after one read of the socket
     for job in jobs:
@@ -193,13 +197,8 @@ async def test_reads_name_only_the_streams_with_new_entries(
 ) -> None:
     hub = await hub_factory(block_ms=60_000)
     quiet = [Job(redis, hub_keys) for _ in range(20)]
-    waiting = [asyncio.create_task(collect(hub, job.id, (await job.append(1))[0])) for job in quiet]
+    waiting = await waiting_consumers(hub, [(job.id, (await job.append(1))[0]) for job in quiet])
     busy = Job(redis, hub_keys)
-
-    async def all_caught_up() -> bool:
-        return hub.waiting == len(quiet) and hub.subscribed == len(quiet)
-
-    await wait_until(all_caught_up)
     reads, streams_read = hub.reads, hub.streams_read
     got: list[str] = []
     async with aclosing(hub.tail(busy.id)) as batches:
@@ -316,12 +315,7 @@ async def test_consumer_that_disconnects_is_removed_from_the_hub_at_once(
     hub = await hub_factory(block_ms=60_000)
     job = Job(redis, hub_keys)
     after = (await job.append(1))[0]
-    consumer = asyncio.create_task(collect(hub, job.id, after))
-
-    async def registered() -> bool:
-        return hub.waiting == 1
-
-    await wait_until(registered)
+    [consumer] = await waiting_consumers(hub, [(job.id, after)], subscribed=False)
     consumer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await consumer
@@ -340,12 +334,7 @@ async def test_keys_expiring_while_a_consumer_waits_raise_job_not_found(
     hub = await hub_factory(block_ms=100)
     job = Job(redis, hub_keys)
     after = (await job.append(1))[0]
-    consumer = asyncio.create_task(collect(hub, job.id, after))
-
-    async def registered() -> bool:
-        return hub.waiting == 1
-
-    await wait_until(registered)
+    [consumer] = await waiting_consumers(hub, [(job.id, after)], subscribed=False)
     await redis.delete(hub_keys.events(job.id), hub_keys.job(job.id))
 
     with pytest.raises(JobNotFoundError):
@@ -358,12 +347,7 @@ async def test_stopping_the_hub_fails_its_waiting_consumers(
     hub = await hub_factory(block_ms=60_000)
     job = Job(redis, hub_keys)
     after = (await job.append(1))[0]
-    consumer = asyncio.create_task(collect(hub, job.id, after))
-
-    async def registered() -> bool:
-        return hub.waiting == 1
-
-    await wait_until(registered)
+    [consumer] = await waiting_consumers(hub, [(job.id, after)], subscribed=False)
     await hub.stop()
 
     with pytest.raises(HubClosedError):
@@ -377,13 +361,9 @@ async def test_a_stream_redis_refuses_to_read_fails_only_its_own_consumers(
     good, bad = Job(redis, hub_keys), Job(redis, hub_keys)
     good_after = (await good.append(1))[0]
     bad_after = (await bad.append(1))[0]
-    good_consumer = asyncio.create_task(collect(hub, good.id, good_after))
-    bad_consumer = asyncio.create_task(collect(hub, bad.id, bad_after))
-
-    async def both_waiting() -> bool:
-        return hub.waiting == 2 and hub.subscribed == 2
-
-    await wait_until(both_waiting)
+    good_consumer, bad_consumer = await waiting_consumers(
+        hub, [(good.id, good_after), (bad.id, bad_after)]
+    )
     # the bad job's events key now holds a string: XREAD over both answers WRONGTYPE
     await redis.delete(hub_keys.events(bad.id))
     await redis.set(hub_keys.events(bad.id), "not a stream")

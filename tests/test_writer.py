@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -28,16 +29,16 @@ from tokenspool.writer import Writer, pack
 from .helpers import wait_until
 from .proxy import DroppingProxy
 
-MakeWriter = Callable[[JobStore], Awaitable[Writer]]
+MakeWriter = Callable[..., Awaitable[Writer]]
 
 
 @pytest.fixture
 async def make_writer() -> AsyncIterator[MakeWriter]:
-    """Starts writers on a store; stops them all afterwards."""
+    """Starts writers on a store (``Writer``'s arguments); stops them all afterwards."""
     made: list[Writer] = []
 
-    async def make(store: JobStore) -> Writer:
-        writer = Writer(store)
+    async def make(store: JobStore, redis: Redis | None = None, **options: Any) -> Writer:
+        writer = Writer(store, redis, **options)
         writer.start()
         made.append(writer)
         return writer
@@ -60,6 +61,19 @@ async def running_job(store: JobStore) -> str:
 
 def delta(job_id: str, text: str) -> ContentDelta:
     return ContentDelta(job_id=job_id, attempt=1, text=text)
+
+
+async def sent_again(pub: Publisher) -> None:
+    """Wait until the publisher's first call and at least one retry of its next went out."""
+
+    async def retried() -> bool:
+        return pub.round_trips >= 3
+
+    await wait_until(retried, timeout=10)
+
+
+def redis_port_of(settings: Settings) -> int:
+    return int(settings.redis_url.rsplit(":", 1)[1].split("/")[0])
 
 
 async def texts(redis: Redis, store: JobStore, job_id: str) -> list[str]:
@@ -165,8 +179,7 @@ async def proxied(
     settings: Settings, proxy_factory: Callable[[int], Awaitable[DroppingProxy]]
 ) -> AsyncIterator[tuple[JobStore, DroppingProxy]]:
     """A store whose Redis connections pass through a proxy the test can cut."""
-    redis_port = int(settings.redis_url.rsplit(":", 1)[1].split("/")[0])
-    proxy = await proxy_factory(redis_port)
+    proxy = await proxy_factory(redis_port_of(settings))
     via = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{proxy.port}/0"})
     client = connect(via)
     try:
@@ -194,10 +207,7 @@ async def test_write_cut_off_from_redis_is_sent_again_in_order(
     for i in range(1, 4):
         await pub.publish(delta(job_id, str(i)))
 
-    async def retried() -> bool:
-        return pub.round_trips >= 3  # the first call and at least one retry of the next
-
-    await wait_until(retried, timeout=10)
+    await sent_again(pub)
     proxy.target_port = redis_port
     await pub.flush()
 
@@ -253,6 +263,7 @@ async def test_round_trip_past_its_deadline_is_sent_again(
     store: JobStore,
     redis: Redis,
     proxied: tuple[JobStore, DroppingProxy],
+    make_writer: MakeWriter,
 ) -> None:
     via, proxy = proxied
 
@@ -262,8 +273,7 @@ async def test_round_trip_past_its_deadline_is_sent_again(
         writer.close()
 
     black_hole = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    writer = Writer(via, timeout=0.2)
-    writer.start()
+    writer = await make_writer(via, timeout=0.2)
     try:
         job_id = await running_job(store)
         async with Publisher(writer, job_id, 1) as pub:
@@ -274,16 +284,12 @@ async def test_round_trip_past_its_deadline_is_sent_again(
             proxy.drop_all()
             await pub.publish(delta(job_id, "1"))
 
-            async def timed_out_and_retried() -> bool:
-                return pub.round_trips >= 3
-
-            await wait_until(timed_out_and_retried, timeout=10)
+            await sent_again(pub)
             proxy.target_port = redis_port
             await pub.flush()
 
         assert await texts(redis, store, job_id) == ['{"text":"0"}', '{"text":"1"}']
     finally:
-        await writer.stop()
         black_hole.close()
         await black_hole.wait_closed()
 
@@ -326,7 +332,7 @@ class MutingProxy:
 async def test_write_applied_but_unanswered_is_sent_again_with_its_seq_and_applied_once(
     settings: Settings, store: JobStore, redis: Redis
 ) -> None:
-    proxy = MutingProxy(int(settings.redis_url.rsplit(":", 1)[1].split("/")[0]))
+    proxy = MutingProxy(redis_port_of(settings))
     port = await proxy.start()
     via_settings = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
     via = connect(via_settings, caller_bounds_waits=True)
@@ -340,10 +346,7 @@ async def test_write_applied_but_unanswered_is_sent_again_with_its_seq_and_appli
             proxy.mute = True  # the next write reaches Redis; its answer is lost
             await pub.publish(delta(job_id, "1"))
 
-            async def sent_again() -> bool:
-                return pub.round_trips >= 3
-
-            await wait_until(sent_again, timeout=10)
+            await sent_again(pub)
             proxy.mute = False
             await pub.flush()
             await pub.publish(delta(job_id, "2"))
