@@ -76,9 +76,10 @@ class WakeableWorker(Worker):
         room (``max_jobs``); waits for room as arq does."""
         pending: list[str] = []
         for raw_id in job_ids:
-            task = self.tasks.get(raw_id.decode())
+            job_id = raw_id.decode()
+            task = self.tasks.get(job_id)
             if task is None or task.done():  # a done one may have been queued again (retry)
-                pending.append(raw_id.decode())
+                pending.append(job_id)
         if len(pending) > self.max_jobs - self.job_counter:
             # more ids than room: leave out those running elsewhere first, or claims that fail
             # would take the room of ids that are free
