@@ -16,13 +16,15 @@ import itertools
 import math
 import os
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from . import procstat, sse
+from . import minimal_relay, procstat, sse
 from .context import Context
 from .driver import Driver, entry_time, redis_counters, top_commands
 from .looplag import LoopLag
-from .results import GroupResult, ms, num, us
+from .results import GroupResult, ms, num, times, us
 from .stacks import CLOCKED_MODEL
 from .stats import Summary
 
@@ -60,29 +62,64 @@ class Level:
         return self.redis.get(counter, math.nan) / self.chunks if self.chunks else math.nan
 
 
+@dataclass
+class Target:
+    """What a level drives: tokenspool's stack, or the minimal relay of the same shape."""
+
+    pids: dict[str, int]  # by role: "worker …", "api", "redis", "clocked provider"
+    submit: Callable[[str], Awaitable[str]]  # prompt -> job id
+    port: int  # where GET /v1/jobs/{id}/events is served
+
+
+def tokenspool_target(ctx: Context, driver: Driver) -> Target:
+    async def submit(prompt: str) -> str:
+        return (await driver.submit(prompt, CLOCKED_MODEL)).job_id
+
+    pids = {k: v for k, v in ctx.stack().pids().items() if k != "fake provider"}
+    return Target(pids, submit, ctx.stack().api_port)
+
+
+def minimal_target(ctx: Context, driver: Driver, worker: int, api: int, port: int) -> Target:
+    async def submit(prompt: str) -> str:
+        job_id = f"bench:minimal:{uuid.uuid4().hex}"
+        await driver.redis.rpush(minimal_relay.QUEUE, f"{job_id}\t{prompt}")
+        return job_id
+
+    pids = {k: v for k, v in ctx.stack().pids().items() if k in ("redis", "clocked provider")}
+    return Target({**pids, "worker": worker, "api": api}, submit, port)
+
+
 async def _stream(
-    driver: Driver, prompt: str, gate: asyncio.Semaphore, within: float
+    target: Target, prompt: str, gate: asyncio.Semaphore, within: float
 ) -> tuple[str, sse.StreamLog | None, str]:
     try:
         async with gate:
-            sub = await driver.submit(prompt, CLOCKED_MODEL)
-        log = sse.StreamLog(sub.job_id)
-        await driver.follow(sub.job_id, log, within=within)
+            job_id = await target.submit(prompt)
+        log = sse.StreamLog(job_id)
+        await sse.follow("127.0.0.1", target.port, job_id, log, within=within)
         return prompt, log, ""
     except Exception as exc:  # one failed stream is a data point, not the end of the run
         return prompt, None, f"{type(exc).__name__}: {exc}"
 
 
 async def level(
-    ctx: Context, driver: Driver, streams: int, chunks: int, rate: int = CHUNK_RATE
+    ctx: Context,
+    driver: Driver,
+    streams: int,
+    chunks: int,
+    rate: int = CHUNK_RATE,
+    target: Target | None = None,
 ) -> Level:
+    """Relay latency with ``streams`` streams of ``chunks`` at ``rate``, through ``target``
+    (default: tokenspool)."""
+    target = target or tokenspool_target(ctx, driver)
     run = next(_ids)
     delay_ms = 1000 // rate
     prompts = [
         f"relay-{run}-{streams}-{k} [fake chunks={chunks} delay_ms={delay_ms}]"
         for k in range(streams)
     ]
-    pids = {k: v for k, v in ctx.stack().pids().items() if k != "fake provider"}
+    pids = dict(target.pids)
     pids["client"] = os.getpid()
     cpu = procstat.CpuMeter(pids)
     gate = asyncio.Semaphore(32)
@@ -92,7 +129,7 @@ async def level(
     rss = procstat.PeakRss({k: v for k, v in pids.items() if k.startswith("worker") or k == "api"})
     async with LoopLag() as lag, rss:
         outcomes = await asyncio.gather(
-            *(_stream(driver, p, gate, within=chunks / rate + 120) for p in prompts)
+            *(_stream(target, p, gate, within=chunks / rate + 120) for p in prompts)
         )
     elapsed = time.monotonic() - started
     used = cpu.stop()
@@ -151,6 +188,12 @@ async def run(ctx: Context, result: GroupResult) -> None:
             levels.append(await level(ctx, driver, n, chunks))
             await asyncio.sleep(1)
         slow = await level(ctx, driver, slow_streams, slow_chunks, SLOW_RATE)
+        with stack.minimal_relay() as (minimal_worker, minimal_api, port):
+            floor = minimal_target(ctx, driver, minimal_worker.pid, minimal_api.pid, port)
+            await asyncio.sleep(1)
+            floors = [await level(ctx, driver, counts[-1], chunks, target=floor)]
+            await asyncio.sleep(1)
+            floors.append(await level(ctx, driver, slow_streams, slow_chunks, SLOW_RATE, floor))
     finally:
         await driver.aclose()
         stack.set_workers(1)
@@ -247,6 +290,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
     )
 
     _slow_table(ctx, result, slow)
+    _floor_table(ctx, result, [levels[-1], slow], floors)
 
 
 def _slow_table(ctx: Context, result: GroupResult, lv: Level) -> None:
@@ -294,3 +338,64 @@ def _slow_table(ctx: Context, result: GroupResult, lv: Level) -> None:
     ctx.put("slow.p99", lv.relay.p99)
     ctx.put("slow.p50", lv.relay.p50)
     ctx.put("slow.worker_rss_bytes", worker_kb * 1024)
+
+
+def _floor_table(ctx: Context, result: GroupResult, ours: list[Level], floors: list[Level]) -> None:
+    """The minimal relay (``bench/minimal_relay.py``) at the two heaviest loads above."""
+    table = result.table(
+        "The floor: the minimal relay of the same shape (provider → worker → Redis → API → SSE "
+        "client) at the same loads, right after tokenspool's runs",
+        [
+            "load",
+            "p50",
+            "p90",
+            "p99",
+            "max",
+            "all streams running: p50 / p99",
+            "CPU cores: worker / API / Redis / client",
+            "CPU µs per chunk: worker / API",
+            "tokenspool ÷ minimal: p50 / p99 / CPU µs per chunk worker / API",
+            "failed streams",
+        ],
+    )
+    for mine, lv in zip(ours, floors, strict=True):
+        r, st, c = lv.relay, lv.steady, lv.cores
+        worker, api = lv.cpu_per_chunk("worker"), lv.cpu_per_chunk("api")
+        table.add(
+            f"{lv.streams:,} streams at {lv.rate} chunks/s",
+            ms(r.p50),
+            ms(r.p90),
+            ms(r.p99),
+            ms(r.max),
+            f"{ms(st.p50)} / {ms(st.p99)}" if st.n else "none",
+            f"{c['worker']:.2f} / {c['api']:.2f} / {c['redis']:.2f} / {c['client']:.2f}",
+            f"{us(worker)} / {us(api)}",
+            " / ".join(
+                times(a / b) if b > 0 else "n/a"
+                for a, b in (
+                    (mine.relay.p50, r.p50),
+                    (mine.relay.p99, r.p99),
+                    (mine.cpu_per_chunk("worker"), worker),
+                    (mine.cpu_per_chunk("api"), api),
+                )
+            ),
+            f"{len(lv.errors)} of {lv.streams}",
+        )
+        for error in sorted(set(lv.errors))[:3]:
+            table.notes.append(f"{lv.streams} streams, error: {error}")
+    table.notes.append(
+        "The minimal relay is the least Python that makes the same hops with the same "
+        "libraries (aiohttp to the provider, redis-py's connection and hiredis to Redis, a raw "
+        "asyncio HTTP server to the clients, uvloop in both processes): it takes prompts off a "
+        "Redis list, XADDs each content delta (pending XADDs pipelined while one write is in "
+        "flight, plus one PUBLISH naming the streams), and its API XREADs the notified streams "
+        "and writes each entry as one SSE frame to every consumer's socket. It has no arq, "
+        "fencing, leases, typed events, usage, retries, resume checks, per-consumer "
+        "backpressure, cancellation, FastAPI, sse-starlette or metrics. Same clocked provider, "
+        "Redis and SSE client as above; tokenspool's worker and API stay up, idle, meanwhile. "
+        "It is the latency this machine allows a Python pipeline of tokenspool's shape."
+    )
+    for name, lv in (("minimal", floors[0]), ("minimal.slow", floors[1])):
+        key = f"minimal.{lv.streams}" if name == "minimal" else name
+        ctx.put(f"{key}.p50", lv.relay.p50)
+        ctx.put(f"{key}.p99", lv.relay.p99)

@@ -48,7 +48,7 @@ def render_targets(ctx: Context) -> str:
     lines = [_row(["target", "measured", "how", "status"]), _row(["---", "---", "---", "---"])]
     for target in TARGETS:
         value, status = target.check(ctx)
-        lines.append(_row([target.goal, value, target.measured_as, status]))
+        lines.append(_row([target.goal, value, target.how(ctx), status]))
     return "\n".join(lines)
 
 

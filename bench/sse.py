@@ -60,7 +60,7 @@ class _Protocol(asyncio.Protocol):
         self.request = request
         self.sink = sink
         self.done = done
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.BaseTransport | None = None
         self.raw = bytearray()
         self.body = bytearray()
         self.head_done = False
@@ -68,9 +68,9 @@ class _Protocol(asyncio.Protocol):
         self.finished = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods
         self.transport = transport
-        transport.write(self.request)
+        transport.write(self.request)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         now = time.time()

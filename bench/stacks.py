@@ -7,10 +7,12 @@ finished its start-up (litellm import) and polls the queue.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -57,23 +59,57 @@ class BenchStack:
         self.stack: Stack = start_stack(workers=0, extra_env=env, workdir=self.workdir)
         self.clocked_port = free_port()
         try:
-            self.clocked = Child(
-                "clocked-provider",
-                [sys.executable, "-m", "bench.clocked_provider", "--port", str(self.clocked_port)],
-                # bench/ must be importable; an existing PYTHONPATH (another checkout's
-                # packages, measured instead of this one's) keeps precedence
-                {
-                    **self.stack.env,
-                    "PYTHONPATH": os.pathsep.join(
-                        p for p in (self.stack.env.get("PYTHONPATH"), str(REPO)) if p
-                    ),
-                },
-                self.workdir / "clocked-provider.log",
-            ).start()
+            self.clocked = self._bench_child(
+                "clocked-provider", "bench.clocked_provider", "--port", str(self.clocked_port)
+            )
             wait_for_port(self.clocked_port, self.clocked.proc, timeout=30)
         except BaseException:
             self.stack.stop()
             raise
+
+    def _bench_child(self, name: str, module: str, *args: str) -> Child:
+        return Child(
+            name,
+            [sys.executable, "-m", module, *args],
+            # bench/ must be importable; an existing PYTHONPATH (another checkout's packages,
+            # measured instead of this one's) keeps precedence
+            {
+                **self.stack.env,
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (self.stack.env.get("PYTHONPATH"), str(REPO)) if p
+                ),
+            },
+            self.workdir / f"{name}.log",
+        ).start()
+
+    @contextlib.contextmanager
+    def minimal_relay(self) -> Iterator[tuple[Child, Child, int]]:
+        """``bench/minimal_relay.py``'s worker and API on this stack's Redis and clocked
+        provider: (worker, api, api port), stopped on exit."""
+        port = free_port()
+        url = self.redis_url
+        worker = self._bench_child(
+            "minimal-worker",
+            "bench.minimal_relay",
+            "worker",
+            "--redis",
+            url,
+            "--provider",
+            self.clocked_url + "/v1",
+            "--model",
+            CLOCKED_MODEL,
+        )
+        try:
+            api = self._bench_child(
+                "minimal-api", "bench.minimal_relay", "api", "--redis", url, "--port", str(port)
+            )
+            try:
+                wait_for_port(port, api.proc, timeout=30)
+                yield worker, api, port
+            finally:
+                api.stop()
+        finally:
+            worker.stop()
 
     @property
     def api_port(self) -> int:
