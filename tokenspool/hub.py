@@ -50,7 +50,7 @@ from .errors import (
 from .events import TERMINAL_TYPES
 from .keys import Keys
 from .subscriptions import Subscriptions
-from .tailer import EVENT_ID_RE, RECONNECT_DELAYS, id_tuple, parse_event_id
+from .tailer import RECONNECT_DELAYS, id_tuple, parse_event_id
 from .tasks import stop_task
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,14 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 
 def _position(entry_id: bytes) -> Position:
     return id_tuple(entry_id.decode())
+
+
+def _notified_position(data: bytes) -> Position | None:
+    """The entry id a script published (``<ms>-<seq>``), or None if it is not one."""
+    ms, dash, seq = data.partition(b"-")
+    if not (dash and ms.isdigit() and seq.isdigit() and len(ms) <= 20 and len(seq) <= 20):
+        return None
+    return int(ms), int(seq)
 
 
 @dataclass(eq=False)
@@ -467,17 +475,18 @@ class Hub:
         if stream is None:
             return  # a job whose consumers left (its UNSUBSCRIBE is on its way)
         self.notifications += 1
-        text = data.decode()
-        if not EVENT_ID_RE.match(text):
-            log.warning("stream hub: job %s: bad notification %r", stream.job_id, text)
+        top = _notified_position(data)
+        if top is None:
+            log.warning("stream hub: job %s: bad notification %r", stream.job_id, data)
             stream.forget_end()
-            top = None
         else:
-            top = id_tuple(text)
-            stream.end = top if stream.end is None else max(stream.end, top)
-        if any(top is None or w.position < top for w in stream.waiters):
-            self._due[stream] = None
-            self._wake.set()
+            end = stream.end
+            stream.end = top if end is None or top > end else end
+        for waiter in stream.waiters:
+            if top is None or waiter.position < top:
+                self._due[stream] = None
+                self._wake.set()
+                return
 
     def _subscribed(self, channel: bytes) -> None:
         """Entries written before the subscription took effect were not notified."""

@@ -11,8 +11,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .tailer import id_tuple
-
 __all__ = ["CONTENT_TYPE", "ApiMetrics"]
 
 # label values: bounded sets, never ids or paths
@@ -132,16 +130,20 @@ class ApiMetrics:
         """Count a batch of events sent together: relayed, replayed if they predate the
         connection (``head`` is the stream's last id then), and each one's age (consumer lag;
         stream ids carry milliseconds). The counters move once per batch."""
-        children = self._children[transport]
-        children[0].inc(len(entry_ids))
+        relayed, replayed_counter, lag = self._children[transport]
+        relayed.inc(len(entry_ids))
         now_ms = time.time() * 1000
         replayed = 0
         for entry_id in entry_ids:
-            position = id_tuple(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
-            replayed += position <= head
-            children[2].observe(max(0.0, now_ms - position[0]) / 1000)
+            ms, _, seq = (entry_id if isinstance(entry_id, bytes) else entry_id.encode()).partition(
+                b"-"
+            )
+            at = int(ms)
+            if at <= head[0] and (at, int(seq or 0)) <= head:
+                replayed += 1
+            lag.observe(max(0.0, now_ms - at) / 1000)
         if replayed:
-            children[1].inc(replayed)
+            replayed_counter.inc(replayed)
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format."""

@@ -105,7 +105,10 @@ class Subscriptions:
                     reply = await connection.read_response(timeout=self._listen_timeout)
                     failures = 0
                     while reply is not None:
-                        await self._on_reply(reply)
+                        if type(reply) is list and reply and reply[0] == b"message":
+                            self._on_written(reply[1], reply[2])  # no coroutine per message
+                        else:
+                            await self._on_confirmation(reply)
                         reply = _buffered_reply(connection)
             except REDIS_UNREACHABLE as exc:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
@@ -113,11 +116,9 @@ class Subscriptions:
                 log.warning("stream hub: pub/sub failed (%s); reconnecting in %ss", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def _on_reply(self, reply: Any) -> None:
-        if isinstance(reply, list) and reply and reply[0] == b"message":
-            self._on_written(reply[1], reply[2])
-            return
-        message = await self._pubsub.handle_message(reply)  # (un)subscribe confirmations
+    async def _on_confirmation(self, reply: Any) -> None:
+        """A reply other than a message: (un)subscribe confirmations, through redis-py."""
+        message = await self._pubsub.handle_message(reply)
         if message is not None and message["type"] == "subscribe":
             self._on_subscribed(message["channel"])
 
