@@ -5,6 +5,7 @@ shared by many consumers, each of which gets exactly the entries after its own p
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -19,6 +20,7 @@ from tokenspool.events import ContentDelta, JobCompleted
 from tokenspool.hub import Entry, Hub
 from tokenspool.jobs import JobRequest
 from tokenspool.keys import Keys
+from tokenspool.scripts import NOTIFY_MAX_BYTES
 from tokenspool.settings import Settings
 from tokenspool.stack import Stack
 from tokenspool.store import JobStore
@@ -215,7 +217,7 @@ async def test_reads_name_only_the_streams_with_new_entries(
     await asyncio.gather(*waiting, return_exceptions=True)
 
 
-async def test_every_script_that_appends_publishes_its_last_id_on_the_jobs_channel(
+async def test_start_and_cancel_publish_their_last_id_and_write_its_entries_on_the_jobs_channel(
     redis: Redis, hub_keys: Keys, settings: Settings
 ) -> None:
     store = JobStore(redis, settings.model_copy(update={"key_prefix": hub_keys.prefix}))
@@ -240,16 +242,26 @@ async def test_every_script_that_appends_publishes_its_last_id_on_the_jobs_chann
             [(entry_id, _)] = await redis.xrevrange(hub_keys.events(job_id), count=1)
             return str(entry_id.decode())
 
+        async def last_entries(job_id: str, count: int) -> str:
+            """The last ``count`` entries as WRITE publishes them: id, n, t, a, d each."""
+            newest = await redis.xrevrange(hub_keys.events(job_id), count=count)
+            return "\n".join(
+                "\n".join(v.decode() for v in (entry_id, f[b"n"], f[b"t"], f[b"a"], f[b"d"]))
+                for entry_id, f in reversed(newest)
+            )
+
         for _ in range(2):  # the two subscribe confirmations
             assert (await pubsub.get_message(timeout=10) or {}).get("type") == "subscribe"
         started = await store.start(running, "w1")
         assert await published() == (hub_keys.written(running), await last_id(running))
-        written = await store.write(running, started.attempt, [("content.delta", "{}")] * 2, 1)
+        await store.write(running, started.attempt, [("content.delta", '{"text":"a"}')] * 2, 1)
+        assert await published() == (hub_keys.written(running), await last_entries(running, 2))
+        # entries beyond scripts.NOTIFY_MAX_BYTES: the last id only, as START publishes
+        big = json.dumps({"index": 0, "text": "x" * NOTIFY_MAX_BYTES})
+        written = await store.write(running, started.attempt, [("content.delta", big)], 2)
         assert await published() == (hub_keys.written(running), written)
-        final = await store.write(
-            running, started.attempt, [("job.completed", "{}")], 2, "completed", {}
-        )
-        assert await published() == (hub_keys.written(running), final)
+        await store.write(running, started.attempt, [("job.completed", "{}")], 3, "completed", {})
+        assert await published() == (hub_keys.written(running), await last_entries(running, 1))
         assert await store.cancel(queued) == "cancelled"
         assert await published() == (hub_keys.written(queued), await last_id(queued))
     finally:
@@ -374,3 +386,75 @@ async def test_a_stream_redis_refuses_to_read_fails_only_its_own_consumers(
     assert await asyncio.wait_for(good_consumer, timeout=30) == good.ids[1:]
     with pytest.raises(StreamReadError, match="WRONGTYPE"):
         await asyncio.wait_for(bad_consumer, timeout=30)
+
+
+async def started_job(redis: Redis, hub_keys: Keys, settings: Settings) -> tuple[JobStore, str]:
+    """A job started by worker ``w1`` through the real scripts, under the hub's key prefix."""
+    store = JobStore(redis, settings.model_copy(update={"key_prefix": hub_keys.prefix}))
+    job_id = f"job_{uuid.uuid4().hex}"
+    request = JobRequest.model_validate(
+        {"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    await store.create(job_id, request)
+    assert (await store.start(job_id, "w1")).attempt == 1
+    return store, job_id
+
+
+async def stream_ids(redis: Redis, hub_keys: Keys, job_id: str) -> list[str]:
+    return [entry_id.decode() for entry_id, _ in await redis.xrange(hub_keys.events(job_id))]
+
+
+async def settle(hub: Hub, redis: Redis, hub_keys: Keys, job_id: str, consumers: int) -> None:
+    """Wait until the ``consumers`` of ``job_id`` all wait after its last entry, with the
+    reads of their first waits and of the job's SUBSCRIBE sent (nothing left due)."""
+    last = (await stream_ids(redis, hub_keys, job_id))[-1]
+
+    async def settled() -> bool:
+        return (
+            hub.catch_ups == consumers + 1
+            and not hub._due
+            and hub.waiting == consumers
+            and all(w.after == last for s in hub._streams.values() for w in s.waiters)
+        )
+
+    await wait_until(settled)
+
+
+async def test_caught_up_consumers_get_written_entries_from_the_notification_without_a_read(
+    redis: Redis, hub_keys: Keys, hub_factory: HubFactory, settings: Settings
+) -> None:
+    hub = await hub_factory(block_ms=60_000)  # no sweep within the test's timeout
+    store, job_id = await started_job(redis, hub_keys, settings)
+    consumers = await waiting_consumers(hub, [(job_id, "0"), (job_id, "0")], subscribed=False)
+    await settle(hub, redis, hub_keys, job_id, 2)
+    reads = hub.reads
+    for seq in range(1, 11):
+        delta = ContentDelta(job_id=job_id, attempt=1, text=f"t{seq}")
+        await store.write(job_id, 1, [("content.delta", delta.model_dump_json())] * 3, seq)
+        await settle(hub, redis, hub_keys, job_id, 2)
+    done = JobCompleted(job_id=job_id, attempt=1)
+    await store.write(job_id, 1, [("job.completed", done.model_dump_json())], 11, "completed")
+    expected = await stream_ids(redis, hub_keys, job_id)
+    assert [await c for c in consumers] == [expected, expected]
+    assert hub.reads == reads  # 31 entries, each consumer handed every one, no XREAD
+    assert hub.handed_over == 2 * 31
+
+
+async def test_entries_whose_notification_was_lost_reach_consumers_before_later_notified_ones(
+    redis: Redis, hub_keys: Keys, hub_factory: HubFactory, settings: Settings
+) -> None:
+    hub = await hub_factory(block_ms=60_000)
+    store, job_id = await started_job(redis, hub_keys, settings)
+    [consumer] = await waiting_consumers(hub, [(job_id, "0")])
+    await settle(hub, redis, hub_keys, job_id, 1)
+    await store.write(job_id, 1, [("content.delta", '{"index":0,"text":"a"}')], 1)
+    await settle(hub, redis, hub_keys, job_id, 1)
+    assert hub.handed_over == 1
+    # an entry appended as the scripts append, its notification lost
+    n = await redis.hincrby(hub_keys.job(job_id), "n", 1)
+    fields = {"n": n, "t": "content.delta", "a": "1", "d": '{"index":0,"text":"b"}'}
+    await redis.xadd(hub_keys.events(job_id), fields)
+    await store.write(job_id, 1, [("job.completed", "{}")], 2, "completed")
+
+    assert await consumer == await stream_ids(redis, hub_keys, job_id)  # no gap, no error
+    assert hub.handed_over == 1  # the later notification skipped an ordinal: read instead

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
 from tokenspool import scripts
-from tokenspool.connections import close, connect
+from tokenspool.connections import close, connect, pack
 from tokenspool.embedded import free_port
 from tokenspool.errors import FencedError
 from tokenspool.events import ContentDelta, JobCompleted, as_text
@@ -24,7 +24,7 @@ from tokenspool.jobs import JobRequest, new_job_id
 from tokenspool.publisher import Publisher, PublishError
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore
-from tokenspool.writer import Writer, pack
+from tokenspool.writer import Writer
 
 from .helpers import wait_until
 from .proxy import DroppingProxy

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import hiredis
 from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool, Redis
 
@@ -31,6 +32,13 @@ class Pool(ConnectionPool):
             await self.release(connection)
             raise
         return connection
+
+
+def pack(commands: list[tuple[Any, ...]]) -> bytes:
+    """The commands in the Redis protocol, packed by hiredis in C. redis-py's asyncio
+    connection packs in Python, argument by argument: about 8 µs per WRITE call against 1 µs
+    here, and an XREAD naming hundreds of streams costs it milliseconds."""
+    return b"".join([hiredis.pack_command(command) for command in commands])
 
 
 def job_serializer(value: dict[str, Any]) -> bytes:

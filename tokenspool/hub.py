@@ -3,9 +3,12 @@
 ``tail()`` gives each consumer its own ``XREAD BLOCK`` on its own connection: a round trip per
 chunk per consumer, and a pooled connection per open stream. The hub instead keeps the
 consumers of a process and reads a job's stream only when it may hold something a waiting
-consumer has not got. Every script that appends to a stream also PUBLISHes the id of its last
-entry on the job's channel (``Keys.written``); the hub SUBSCRIBEs to the channels of the jobs
-it has consumers for and, when notified, reads only the notified streams, each from its
+consumer has not got. Every script that appends to a stream also PUBLISHes on the job's
+channel (``Keys.written``): the worker's writes publish the entries they appended, the other
+scripts the id of their last entry. The hub SUBSCRIBEs to the channels of the jobs it has
+consumers for. A waiter that the notified entries follow with no gap (the first new one has
+the ordinal after the waiter's last) is handed them at once, with no read: the common case of
+a consumer keeping up. Otherwise the hub reads only the notified streams, each from its
 smallest waiting position, with one non-blocking ``XREAD COUNT STREAMS ...``. One read is in
 flight at a time: notifications that arrive meanwhile are gathered into the next, so reads
 batch themselves under load. Redis then works per entry written, not per open stream.
@@ -17,7 +20,7 @@ nothing is read or held for it, and what it is given is at most one ``COUNT`` ba
 
 For each stream the hub knows an ``end``: an id such that every entry after it is still to be
 notified (or None: unknown, a read will tell). A waiter at or after ``end`` needs no read. A
-lost notification costs latency, never data:
+lost notification costs latency, never data (the ordinals keep a hand-over from skipping it):
 
 - a consumer's first wait is a catch-up read, after its job's SUBSCRIBE was sent; the
   subscription's confirmation makes ``end`` unknown again (entries may have been written
@@ -40,6 +43,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from .connections import pack
 from .errors import (
     REDIS_UNREACHABLE,
     HubClosedError,
@@ -77,12 +81,31 @@ def _notified_position(data: bytes) -> Position | None:
     return int(ms), int(seq)
 
 
+def _ordinal(entry: Entry) -> int | None:
+    """The entry's ordinal in its stream (``n``), if it has one."""
+    raw = entry[1].get(b"n")
+    return int(raw) if raw is not None and raw.isdigit() else None
+
+
+def _notified_entries(data: bytes) -> list[Entry] | None:
+    """The entries a WRITE script published (five lines each: id, n, t, a, d; see
+    ``scripts.WRITE``) as XREAD gives them, or None if ``data`` is not that."""
+    lines = data.split(b"\n")
+    if len(lines) % 5:
+        return None
+    return [
+        (lines[i], {b"n": lines[i + 1], b"t": lines[i + 2], b"a": lines[i + 3], b"d": lines[i + 4]})
+        for i in range(0, len(lines), 5)
+    ]
+
+
 @dataclass(eq=False)
 class _Waiter:
     """One consumer waiting for entries of its stream after ``after``."""
 
     after: str
     position: Position
+    n: int | None  # the ordinal of the entry at ``after`` (0 before the first), if known
     future: asyncio.Future[list[Entry]]
     since: float = field(default_factory=time.monotonic)
 
@@ -105,6 +128,11 @@ class _Stream:
 
     def forget_end(self) -> None:
         self.end, self.epoch = None, self.epoch + 1
+
+    def advance(self, top: Position) -> None:
+        """Every entry up to ``top`` was read or notified."""
+        if self.end is None or top > self.end:
+            self.end = top
 
     def needs_read(self, position: Position) -> bool:
         return self.end is None or position < self.end
@@ -144,6 +172,7 @@ class Hub:
         self.reads = 0  # XREADs sent
         self.streams_read = 0  # streams named in them
         self.notifications = 0  # pub/sub messages about new entries in a stream someone reads
+        self.handed_over = 0  # entries given to waiters straight from a notification
         self.catch_ups = 0  # ends forgotten by a new consumer or a (re)subscription
         self.sweeps = 0
         self._redis = redis
@@ -175,6 +204,7 @@ class Hub:
             "reads": self.reads,
             "streams_read": self.streams_read,
             "notifications": self.notifications,
+            "handed_over": self.handed_over,
             "catch_ups": self.catch_ups,
             "sweeps": self.sweeps,
             "waiting": self.waiting,
@@ -218,7 +248,8 @@ class Hub:
         try:
             first = True
             while True:
-                entries = await self._next(stream, last, catch_up=first)
+                known = expected_n - 1 if expected_n is not None else None
+                entries = await self._next(stream, last, known, catch_up=first)
                 first = False
                 if not entries:
                     continue  # the keys still exist after a while: wait again
@@ -233,6 +264,8 @@ class Hub:
                                 f"(stream cap) before this reader got them; it read up to {last}"
                             )
                         expected_n = n + 1
+                    else:
+                        expected_n = None  # an entry without an ordinal: nothing to check by
                     batch.append(entry)
                     if entry[1].get(b"t") in _TERMINAL:
                         yield batch
@@ -262,12 +295,15 @@ class Hub:
             self._due.pop(stream, None)
             self._subscriptions.drop(stream.channel)
 
-    async def _next(self, stream: _Stream, after: str, *, catch_up: bool) -> list[Entry]:
-        """Wait for the entries of ``stream`` after ``after`` (empty: none for a while)."""
+    async def _next(
+        self, stream: _Stream, after: str, n: int | None, *, catch_up: bool
+    ) -> list[Entry]:
+        """Wait for the entries of ``stream`` after ``after``, whose ordinal is ``n`` if known
+        (empty: none for a while)."""
         if self._closed or self._tasks[0].done():
             raise HubClosedError("the stream hub is not running")
         future: asyncio.Future[list[Entry]] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(after, id_tuple(after), future)
+        waiter = _Waiter(after, id_tuple(after), n, future)
         stream.waiters.add(waiter)
         if catch_up:  # whatever is known of the end was learnt without this consumer
             self.catch_ups += 1
@@ -378,7 +414,8 @@ class Hub:
             connection = (await self._reader.initialize()).connection
             assert connection is not None  # a single-connection client holds one
             keys = [stream.key for stream, _, _ in plan]
-            await connection.send_command("XREAD", "COUNT", self.count, "STREAMS", *keys, *afters)
+            command = ("XREAD", "COUNT", self.count, "STREAMS", *keys, *afters)
+            await connection.send_packed_command(pack([command]), check_health=False)
             reply: list[Any] | None = await connection.read_response()
         except ResponseError:
             raise  # an answer, not a broken connection: the caller decides per stream
@@ -414,8 +451,7 @@ class Hub:
             stream.end = None  # the stream may go on after this batch
         elif stream.epoch == epoch:
             # the read saw the stream's end: anything after it comes with a notification
-            top = _position(entries[-1][0]) if entries else read_from
-            stream.end = top if stream.end is None else max(stream.end, top)
+            stream.advance(_position(entries[-1][0]) if entries else read_from)
         if not entries:
             return
         first = _position(entries[0][0])
@@ -470,23 +506,44 @@ class Hub:
     # -- notifications (called by the subscriptions' listener) ---------------------------------
 
     def _notified(self, channel: bytes, data: bytes) -> None:
-        """A script appended to the stream of ``channel``'s job; ``data`` is its last id."""
+        """A script appended to the stream of ``channel``'s job; ``data`` is its last id, or
+        the entries it appended (``scripts.WRITE``)."""
         stream = self._by_channel.get(channel)
         if stream is None:
             return  # a job whose consumers left (its UNSUBSCRIBE is on its way)
         self.notifications += 1
-        top = _notified_position(data)
+        entries = _notified_entries(data) if b"\n" in data else None
+        top = _notified_position(entries[-1][0] if entries else data)
         if top is None:
-            log.warning("stream hub: job %s: bad notification %r", stream.job_id, data)
+            log.warning("stream hub: job %s: bad notification %r", stream.job_id, data[:200])
             stream.forget_end()
         else:
-            end = stream.end
-            stream.end = top if end is None or top > end else end
+            if entries and stream.waiters:
+                self._hand_over(stream, entries)
+            stream.advance(top)
         for waiter in stream.waiters:
             if top is None or waiter.position < top:
                 self._due[stream] = None
                 self._wake.set()
                 return
+
+    def _hand_over(self, stream: _Stream, entries: list[Entry]) -> None:
+        """Give the notified ``entries`` to each waiter they follow with no gap: the first one
+        after the waiter's position has the ordinal after the waiter's last (``n`` counts a
+        stream's entries from 1, and the waiter knows the ordinal it is at). Any other waiter
+        (behind, so some entries in between were not notified to it, or at an unknown ordinal)
+        is read for, as before."""
+        for waiter in list(stream.waiters):
+            if waiter.n is None or waiter.future.done():
+                continue
+            if _position(entries[0][0]) > waiter.position:
+                mine = entries
+            else:  # a read got some of them first
+                mine = [e for e in entries if _position(e[0]) > waiter.position]
+            if mine and _ordinal(mine[0]) == waiter.n + 1:
+                waiter.future.set_result(mine)
+                stream.waiters.discard(waiter)
+                self.handed_over += len(mine)
 
     def _subscribed(self, channel: bytes) -> None:
         """Entries written before the subscription took effect were not notified."""

@@ -24,6 +24,11 @@ HUB_METRICS = (
     ("streams_read", "Streams named in the stream hub's XREADs", "counter"),
     ("notifications", "New-entry notifications the stream hub received", "counter"),
     (
+        "handed_over",
+        "Events the stream hub gave to waiting consumers straight from a notification (no read)",
+        "counter",
+    ),
+    (
         "catch_ups",
         "Streams read without a notification: a new consumer or a (re)subscription",
         "counter",

@@ -5,12 +5,17 @@ Every entry carries ``n``, its ordinal in the stream (from 1, counted on the job
 reader can tell a trimmed gap from a quiet stream.
 Events are passed as (type, data-json) pairs; the attempt field is added here so that a
 write can never carry an attempt other than the one it was fenced on.
-Every script that appends to the stream then PUBLISHes the id of its last entry on the job's
-channel (``Keys.written``), which the API's stream hub reads streams on; with no subscriber a
-PUBLISH costs Redis one lookup.
+Every script that appends to the stream then PUBLISHes on the job's channel (``Keys.written``),
+which the API's stream hub listens on; with no subscriber a PUBLISH costs Redis one lookup.
+START and CANCEL publish the id of their last entry. WRITE publishes its entries themselves,
+five lines each (id, n, t, a, d, joined by ``\\n``), so that a reader caught up with the stream
+needs no read; it falls back to the last id when they would exceed ``NOTIFY_MAX_BYTES`` or a
+``d`` holds a line break (compact JSON never does).
 """
 
 from __future__ import annotations
+
+NOTIFY_MAX_BYTES = 16_384  # the largest WRITE notification that carries its entries
 
 # the job's notification channel, Keys.written(): the events key with 'written' for 'events'
 # (a channel is not a key, so it need not be passed in KEYS)
@@ -106,10 +111,22 @@ end
 redis.call('HSET', KEYS[1], 'wseq', ARGV[7])
 local n = tonumber(ARGV[3])
 local last = ''
+local lines, size = {}, 0  -- the notification: id, n, t, a, d of each entry
 for i = 0, n - 1 do
+  local ordinal = redis.call('HINCRBY', KEYS[1], 'n', 1)
+  local kind, data = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
   last = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
-    'n', redis.call('HINCRBY', KEYS[1], 'n', 1),
-    't', ARGV[8 + 2 * i], 'a', ARGV[1], 'd', ARGV[9 + 2 * i])
+    'n', ordinal, 't', kind, 'a', ARGV[1], 'd', data)
+  if lines then
+    size = size + #last + #kind + #ARGV[1] + #data + 25
+    if size > NOTIFY_MAX_BYTES or string.find(data, '\\n', 1, true) then
+      lines = nil
+    else
+      local k = #lines
+      lines[k + 1], lines[k + 2], lines[k + 3] = last, tostring(ordinal), kind
+      lines[k + 4], lines[k + 5] = ARGV[1], data
+    end
+  end
 end
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', ARGV[5], 'lease_until', '0')
@@ -119,10 +136,16 @@ if ARGV[4] ~= '' then
   redis.call('EXPIRE', KEYS[1], ARGV[6])
   redis.call('EXPIRE', KEYS[2], ARGV[6])
 end
-if last ~= '' then notify(last) end
+if last ~= '' then
+  if lines then
+    redis.call('PUBLISH', string.sub(KEYS[2], 1, -7) .. 'written', table.concat(lines, '\\n'))
+  else
+    notify(last)
+  end
+end
 return last
 """
-)
+).replace("NOTIFY_MAX_BYTES", str(NOTIFY_MAX_BYTES))
 
 # Cancel. ARGV: now, ttl, maxlen, reason, channel, job_id.
 # Returns {"cancelled"} (was queued, now final) | {"cancelling"} (running; the worker
