@@ -264,6 +264,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
         ctx.put(f"relay.{lv.streams}.p50", r.p50)
         ctx.put(f"relay.{lv.streams}.p99", r.p99)
         ctx.put(f"relay.{lv.streams}.max", r.max)
+        ctx.put(f"relay.{lv.streams}.steady_p50", st.p50)
         ctx.put(f"relay.{lv.streams}.steady_p99", st.p99)
         ctx.put(f"relay.{lv.streams}.round_trips_per_chunk", lv.per_chunk("total_reads_processed"))
         ctx.put(f"relay.{lv.streams}.worker_cpu_per_chunk", lv.cpu_per_chunk("worker"))
@@ -337,6 +338,7 @@ def _slow_table(ctx: Context, result: GroupResult, lv: Level) -> None:
     ctx.put("slow.streams", lv.streams)
     ctx.put("slow.p99", lv.relay.p99)
     ctx.put("slow.p50", lv.relay.p50)
+    ctx.put("slow.steady_p99", lv.steady.p99)
     ctx.put("slow.worker_rss_bytes", worker_kb * 1024)
 
 
@@ -399,3 +401,5 @@ def _floor_table(ctx: Context, result: GroupResult, ours: list[Level], floors: l
         key = f"minimal.{lv.streams}" if name == "minimal" else name
         ctx.put(f"{key}.p50", lv.relay.p50)
         ctx.put(f"{key}.p99", lv.relay.p99)
+        ctx.put(f"{key}.steady_p50", lv.steady.p50)
+        ctx.put(f"{key}.steady_p99", lv.steady.p99)
