@@ -4,6 +4,7 @@ the providers' logs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -54,6 +55,15 @@ class Driver:
         returned = time.time()
         response.raise_for_status()
         return Submitted(response.json()["id"], prompt, sent, returned)
+
+    async def submit_lean(self, prompt: str, model: str = FAKE_MODEL) -> str:
+        """``submit`` through ``sse.post_json`` rather than httpx (about 0.2 against 2.3 ms of
+        the client's CPU per job here): for the load of the relay benchmark, whose hundreds of
+        submissions share the cores with the streams it measures. Returns the job id."""
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}]})
+        answer = await sse.post_json("127.0.0.1", self.stack.api_port, "/v1/jobs", body.encode())
+        job_id: str = json.loads(answer)["id"]
+        return job_id
 
     async def submit_many(
         self, prompts: Sequence[str], model: str = FAKE_MODEL, concurrency: int = 32
