@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import textwrap
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -262,3 +264,27 @@ def test_a_models_own_prices_cost_what_litellm_computes_for_them(
         custom_cost_per_token=custom,
     )
     assert cost_usd(params, prompt, completion) == round(litellm_prompt + litellm_completion, 10)
+
+
+def test_a_model_litellm_cannot_price_costs_none_and_is_looked_up_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tokenspool.provider import cost_usd, load_litellm
+
+    litellm = load_litellm()
+    real = litellm.cost_per_token
+    calls: list[str] = []
+
+    def counted(**kwargs: Any) -> Any:
+        calls.append(kwargs["model"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(litellm, "cost_per_token", counted)
+    unpriced = {"model": f"openai/no-such-model-{uuid.uuid4().hex}"}
+    assert cost_usd(unpriced, 10, 20) is None
+    assert cost_usd(unpriced, 30, 40) is None
+    assert calls == [unpriced["model"]]
+    priced = {"model": "gpt-4o-mini"}  # in litellm's price map: asked every time
+    first, second = cost_usd(priced, 1000, 1000), cost_usd(priced, 2000, 2000)
+    assert first is not None and second is not None and second > first
+    assert calls == [unpriced["model"], "gpt-4o-mini", "gpt-4o-mini"]

@@ -152,13 +152,22 @@ def cost_usd(params: dict[str, Any], prompt_tokens: int, completion_tokens: int)
         prompt_cost = float(params.get("input_cost_per_token", 0.0)) * prompt_tokens
         completion_cost = float(params.get("output_cost_per_token", 0.0)) * completion_tokens
         return round(prompt_cost + completion_cost, 10)
+    model = params.get("model", "")
+    if model in _UNPRICED:
+        return None
     litellm = load_litellm()
     try:
         prompt_cost, completion_cost = litellm.cost_per_token(
-            model=params.get("model", ""),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
         )
     except Exception:  # litellm raises several types for unmapped models: no price known
+        # litellm's price map is loaded once (the worker registers no models), so a model it
+        # cannot price stays unpriced: its ~0.1 ms of failed lookups is not paid per job
+        if len(_UNPRICED) < MAX_UNPRICED:
+            _UNPRICED.add(model)
         return None
     return round(float(prompt_cost) + float(completion_cost), 10)
+
+
+MAX_UNPRICED = 1024  # models remembered as unpriced (a models file names far fewer)
+_UNPRICED: set[str] = set()

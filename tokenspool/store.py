@@ -94,23 +94,35 @@ class JobStore:
         """Claim the job for a new attempt (``job.started``), unless it ended, was cancelled, or
         another live attempt holds its lease. ``owner_attempt`` lets the current attempt's own
         worker start the next one (a retry) without waiting for its lease to expire."""
-        res = await self._start(
-            keys=[self.keys.job(job_id), self.keys.events(job_id)],
-            args=[
-                worker,
-                repr(time.time()),
-                self.settings.stream_maxlen,
-                self.active_ttl,
-                reason,
-                self.lease_ms,
-                str(owner_attempt) if owner_attempt else "",
-            ],
-        )
+        now = time.time()
+        args = [
+            worker,
+            repr(now),
+            self.settings.stream_maxlen,
+            self.active_ttl,
+            reason,
+            self.lease_ms,
+            str(owner_attempt) if owner_attempt else "",
+        ]
+        # One round trip: the job joins the running set (the reaper's index of lease deadlines)
+        # with the START script, not after it. GT: a deadline only moves later, so a job another
+        # attempt holds keeps its place; one that did not start (ended, missing) is taken out
+        # again by the caller (``forget_running``), as before.
+        for _ in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(self.keys.running, {job_id: now * 1000 + self.lease_ms}, gt=True)
+                pipe.evalsha(
+                    self._start.sha, 2, self.keys.job(job_id), self.keys.events(job_id), *args
+                )
+                _, res = await pipe.execute(raise_on_error=False)
+            if not isinstance(res, NoScriptError):
+                break
+            await self.redis.script_load(scripts.START)  # Redis lost its script cache
+        if isinstance(res, Exception):
+            raise res
         status = as_text(res[0])
         attempt = int(res[1]) if len(res) > 1 else 0
         created = float(as_text(res[2])) if len(res) > 2 else 0.0
-        if status == "started":
-            await self.redis.zadd(self.keys.running, {job_id: time.time() * 1000 + self.lease_ms})
         return StartResult(status=status, attempt=attempt, created_at=created)
 
     async def renew(self, leases: dict[str, int]) -> dict[str, bool]:
