@@ -98,10 +98,10 @@ class JobStore:
         args = [
             worker,
             repr(now),
-            self.settings.stream_maxlen,
-            self.active_ttl,
+            str(self.settings.stream_maxlen),
+            str(self.active_ttl),
             reason,
-            self.lease_ms,
+            str(self.lease_ms),
             str(owner_attempt) if owner_attempt else "",
         ]
         # One round trip: the job joins the running set (the reaper's index of lease deadlines)
