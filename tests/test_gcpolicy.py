@@ -13,6 +13,7 @@ from tokenspool.gcpolicy import (
     MIDDLE_THRESHOLD,
     NO_AUTOMATIC_FULL,
     YOUNG_THRESHOLD,
+    FullCollectionPolicy,
     freeze_startup_objects,
     full_collections,
 )
@@ -56,3 +57,19 @@ async def test_the_timer_collects_cyclic_garbage(restore_gc: None) -> None:
             await stop_task(timer)
     finally:
         gc.enable()
+
+
+def test_a_full_collection_waits_for_the_old_generation_to_grow_by_a_quarter() -> None:
+    policy = FullCollectionPolicy(baseline=1000, growth=0.25, max_skips=5)
+    assert [policy.due(size) for size in (1000, 1100, 1249)] == [False, False, False]
+    assert policy.due(1250)  # a quarter more than after the last collection
+    policy.collected(1100)  # what is left is the new baseline
+    assert not policy.due(1300)
+    assert policy.due(1375)
+
+
+def test_a_full_collection_runs_anyway_after_max_skips_checks_without_one() -> None:
+    policy = FullCollectionPolicy(baseline=1000, growth=0.25, max_skips=3)
+    assert [policy.due(1000) for _ in range(4)] == [False, False, False, True]
+    policy.collected(1000)
+    assert [policy.due(900) for _ in range(4)] == [False, False, False, True]
