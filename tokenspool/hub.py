@@ -73,6 +73,13 @@ def _position(entry_id: bytes) -> Position:
     return id_tuple(entry_id.decode())
 
 
+def _after(entries: list[Entry], first: Position, position: Position) -> list[Entry]:
+    """The ``entries`` (in order, the first at ``first``) after ``position``."""
+    if first > position:
+        return entries
+    return [e for e in entries if _position(e[0]) > position]
+
+
 def _notified_position(data: bytes) -> Position | None:
     """The entry id a script published (``<ms>-<seq>``), or None if it is not one."""
     ms, dash, seq = data.partition(b"-")
@@ -460,10 +467,7 @@ class Hub:
         for waiter in list(stream.waiters):
             if waiter.future.done() or waiter.position < read_from:
                 continue
-            if first > waiter.position:
-                mine = entries
-            else:
-                mine = [e for e in entries if _position(e[0]) > waiter.position]
+            mine = _after(entries, first, waiter.position)
             if mine:
                 waiter.future.set_result(mine)
                 stream.waiters.discard(waiter)
@@ -533,13 +537,11 @@ class Hub:
         stream's entries from 1, and the waiter knows the ordinal it is at). Any other waiter
         (behind, so some entries in between were not notified to it, or at an unknown ordinal)
         is read for, as before."""
+        first = _position(entries[0][0])
         for waiter in list(stream.waiters):
             if waiter.n is None or waiter.future.done():
                 continue
-            if _position(entries[0][0]) > waiter.position:
-                mine = entries
-            else:  # a read got some of them first
-                mine = [e for e in entries if _position(e[0]) > waiter.position]
+            mine = _after(entries, first, waiter.position)  # a read may have got some first
             if mine and _ordinal(mine[0]) == waiter.n + 1:
                 waiter.future.set_result(mine)
                 stream.waiters.discard(waiter)
