@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -104,20 +105,16 @@ class JobStore:
             str(self.lease_ms),
             str(owner_attempt) if owner_attempt else "",
         ]
+
         # One round trip: the job joins the running set (the reaper's index of lease deadlines)
         # with the START script, not after it. GT: a deadline only moves later, so a job another
         # attempt holds keeps its place; one that did not start (ended, missing) is taken out
         # again by the caller (``forget_running``), as before.
-        for _ in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(self.keys.running, {job_id: now * 1000 + self.lease_ms}, gt=True)
-                pipe.evalsha(
-                    self._start.sha, 2, self.keys.job(job_id), self.keys.events(job_id), *args
-                )
-                _, res = await pipe.execute(raise_on_error=False)
-            if not isinstance(res, NoScriptError):
-                break
-            await self.redis.script_load(scripts.START)  # Redis lost its script cache
+        def fill(pipe: Pipeline) -> None:
+            pipe.zadd(self.keys.running, {job_id: now * 1000 + self.lease_ms}, gt=True)
+            pipe.evalsha(self._start.sha, 2, self.keys.job(job_id), self.keys.events(job_id), *args)
+
+        _, res = await self._pipelined_scripts(fill, scripts.START)
         if isinstance(res, Exception):
             raise res
         status = as_text(res[0])
@@ -133,22 +130,32 @@ class JobStore:
             return {}
         deadline = time.time() * 1000 + self.lease_ms
         lease = str(self.lease_ms)
-        # EVALSHA straight into the pipeline: a Script object in a pipeline costs a SCRIPT
-        # EXISTS round trip per execute and a few µs per call (2,000 jobs renew every second)
-        for _ in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for job_id, attempt in leases.items():
-                    pipe.evalsha(self._lease.sha, 1, self.keys.job(job_id), str(attempt), lease)
-                # XX: a job that ended and left the running set meanwhile stays out of it
-                pipe.zadd(self.keys.running, dict.fromkeys(leases, deadline), xx=True)
-                results = await pipe.execute(raise_on_error=False)
-            if not any(isinstance(r, NoScriptError) for r in results):
-                break
-            await self.redis.script_load(scripts.LEASE)  # Redis lost its script cache
+
+        def fill(pipe: Pipeline) -> None:
+            for job_id, attempt in leases.items():
+                pipe.evalsha(self._lease.sha, 1, self.keys.job(job_id), str(attempt), lease)
+            # XX: a job that ended and left the running set meanwhile stays out of it
+            pipe.zadd(self.keys.running, dict.fromkeys(leases, deadline), xx=True)
+
+        results = await self._pipelined_scripts(fill, scripts.LEASE)
         for r in results:
             if isinstance(r, Exception):
                 raise r
         return {job_id: r != 0 for job_id, r in zip(leases, results, strict=False)}
+
+    async def _pipelined_scripts(self, fill: Callable[[Pipeline], None], script: str) -> list[Any]:
+        """The replies of one non-transactional pipeline that ``fill`` queues, its EVALSHAs of
+        ``script`` sent as such (a Script object in a pipeline costs a SCRIPT EXISTS round trip
+        per execute and a few µs per call). Errors are returned, not raised; if Redis lost its
+        script cache, the script is loaded and the pipeline sent once more."""
+        for _ in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                fill(pipe)
+                results: list[Any] = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, NoScriptError) for r in results):
+                break
+            await self.redis.script_load(script)
+        return results
 
     async def release(self, job_id: str, attempt: int) -> None:
         """Give up a running attempt's lease so another worker takes the job over at once."""
