@@ -6,11 +6,15 @@ the event sequences (or the error class, for failing scripts) must be identical.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import LineTooLong
 
 from tokenspool import fastpath
 from tokenspool.chunks import ChunkMapper
@@ -52,6 +56,9 @@ SCRIPTS: list[tuple[str, str, dict[str, Any]]] = [
     ("fake-gpt", "stalled [fake stall_after=3 chunks=10]", {}),
     ("fake-gpt", "stalled before a chunk [fake stall_after=0 chunks=10]", {}),
     ("fake-gpt", "dropped before a chunk [fake drop_after=0 chunks=10]", {}),
+    ("fake-gpt", "lines cut in pieces [fake chunks=6 split=37]", {}),
+    ("fake-gpt", "crlf line ends [fake chunks=6 crlf=1]", {}),
+    ("fake-gpt", "crlf cut between cr and lf [fake chunks=4 crlf=1 split=3]", {}),
 ]
 
 
@@ -107,6 +114,36 @@ async def test_fast_path_yields_the_same_events_as_litellm(
     direct = await run(FastOpenAIStream, fake_base, model, prompt, extra)
 
     assert direct == via_litellm
+
+
+@pytest.mark.parametrize(
+    "prompt", ["[fake chunks=3 pad=3000]", "[fake chunks=3 pad=3000 split=512]"]
+)
+async def test_a_line_longer_than_the_limit_breaks_the_stream_whole_or_in_pieces(
+    fake_base: str, prompt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the partial line kept between reads is bounded, as a whole line is
+    monkeypatch.setattr(fastpath, "MAX_LINE_BYTES", 2048)
+    result = await run(FastOpenAIStream, fake_base, "fake-gpt", prompt, {})
+    assert result == ("error", "MidStreamFallbackError", True, 500, False)
+    unpadded = await run(FastOpenAIStream, fake_base, "fake-gpt", "[fake chunks=3 split=512]", {})
+    assert [e["type"] for e in unpadded[0]].count("content.delta") == 3
+
+
+async def test_a_line_that_never_ends_is_cut_off_at_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a provider that sends bytes without a line break is not buffered without bound
+    monkeypatch.setattr(fastpath, "MAX_LINE_BYTES", 2048)
+    loop = asyncio.get_running_loop()
+    content = aiohttp.StreamReader(BaseProtocol(loop), 2**16, loop=loop)
+    lines = fastpath._lines(content)
+    content.feed_data(b"data: {}\n\ndata: ")
+    assert await anext(lines) == [b"data: {}", b""]
+    for _ in range(3):
+        content.feed_data(b"x" * 1000)  # no line break, and no end of the body
+    with pytest.raises(LineTooLong):
+        await anext(lines)
 
 
 def test_fast_path_applies_only_to_plain_openai_compatible_models() -> None:

@@ -15,6 +15,8 @@ to expect. Directives in the last user message steer it, e.g. ``[fake chunks=50 
 - ``stall_after=K``  send K chunks, then go silent until the client hangs up
 - ``pad=B``          add B bytes of padding to every chunk (an extra field clients ignore),
                      to fill network buffers quickly in backpressure tests
+- ``split=B``        write the body in pieces of B bytes (lines arrive cut mid-way)
+- ``crlf=1``         end lines with ``\\r\\n`` rather than ``\\n``
 - ``fail_times=K``   the faults above hit only the first K requests with the same prompt;
                      later ones stream normally
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import re
 import time
@@ -284,7 +287,10 @@ def create_app() -> Starlette:
         if not body.get("stream"):
             return JSONResponse(_completion(p, completion_id))
 
-        async def stream() -> Any:
+        split = max(0, p.directives.get("split", 0))
+        newline = "\r\n" if p.directives.get("crlf") else "\n"
+
+        async def frames() -> Any:
             stats.active += 1
             try:
                 if p.ttft_s:
@@ -299,16 +305,31 @@ def create_app() -> Starlette:
                     item["x_sent_at"] = time.time()
                     if pad:
                         item["x_pad"] = pad
-                    yield f"data: {json.dumps(item)}\n\n"
+                    yield f"data: {json.dumps(item)}{newline}{newline}"
                     record["sent"] = i + 1
                 if p.include_usage:
-                    yield f"data: {json.dumps(usage_chunk(p, completion_id))}\n\n"
-                yield "data: [DONE]\n\n"
+                    yield f"data: {json.dumps(usage_chunk(p, completion_id))}{newline}{newline}"
+                yield f"data: [DONE]{newline}{newline}"
                 record["finished"] = True
             finally:
                 stats.active -= 1
                 if not record["finished"]:
                     record["disconnected_at"] = time.time()
+
+        async def stream() -> Any:
+            carry = ""  # pieces run across frames: a line's end and the next one's start
+            async with contextlib.aclosing(frames()) as each:  # its finally runs at once
+                async for frame in each:
+                    if not split:
+                        yield frame
+                        continue
+                    carry += frame
+                    while len(carry) >= split:
+                        piece, carry = carry[:split], carry[split:]
+                        yield piece
+                        await asyncio.sleep(0.001)  # each piece its own TCP segment
+            if carry:
+                yield carry
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 

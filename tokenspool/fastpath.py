@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import ServerTimeoutError
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from .errors import ProviderError
 
@@ -111,6 +111,41 @@ def _status_error(response: aiohttp.ClientResponse, body: bytes) -> ProviderErro
     )
 
 
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[list[bytes]]:
+    """The body's lines (split at ``\\n``, as aiohttp's ``readline`` does), a list of the
+    lines completed by each arrival of data: one ``readany`` per arrival rather than one
+    ``readline`` per line (a provider's chunk is two lines, its ``data:`` line and a blank
+    one, and each ``readline`` is a coroutine call, a buffer scan and a flow-control check).
+    A line longer than ``MAX_LINE_BYTES`` raises ``LineTooLong``, as
+    ``readline(max_line_length=...)`` does; between reads, only the start of a line whose end
+    has not arrived is kept."""
+    head: list[bytes] = []  # the start of a line whose end has not arrived yet
+    held = 0
+    while data := await content.readany():
+        if b"\n" not in data:
+            head.append(data)
+            held += len(data)
+            if held > MAX_LINE_BYTES:
+                raise LineTooLong(head[0][:100] + b"...", MAX_LINE_BYTES)
+            continue
+        if head:
+            head.append(data)
+            data = b"".join(head)
+            head.clear()
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if len(data) > MAX_LINE_BYTES:
+            for line in lines:
+                if len(line) >= MAX_LINE_BYTES:
+                    raise LineTooLong(line[:100] + b"...", MAX_LINE_BYTES)
+        held = len(rest)
+        if rest:
+            head.append(rest)
+        yield lines
+    if head:  # the last line, without its line break
+        yield [b"".join(head)]
+
+
 class FastOpenAIStream:
     """One streaming chat completion read straight off the wire (same interface as
     :class:`tokenspool.provider.ProviderStream`)."""
@@ -170,20 +205,21 @@ class FastOpenAIStream:
         content = self._response.content
         watchdog = self._watch_idle(self._response)
         try:
-            while line := await content.readline(max_line_length=MAX_LINE_BYTES):
+            async for lines in _lines(content):
                 self._last_line = time.monotonic()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    return
-                chunk = json.loads(data)
-                if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
-                    error = chunk["error"] or {}
-                    raise ProviderError(
-                        "APIError", f"APIError: {error.get('message', error)}", retryable=True
-                    )
-                yield chunk
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        return
+                    chunk = json.loads(data)
+                    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+                        error = chunk["error"] or {}
+                        raise ProviderError(
+                            "APIError", f"APIError: {error.get('message', error)}", retryable=True
+                        )
+                    yield chunk
         except (aiohttp.ClientError, HttpProcessingError, ValueError) as exc:
             # litellm's name and status: once the answer's body is being read, any break (a
             # read timeout included, and before the first chunk too) is a
