@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
+from tokenspool import metrics as metrics_module
 from tokenspool.client import AsyncClient
+from tokenspool.metrics import ApiMetrics
 from tokenspool.stack import Stack
 
 from .helpers import sse_events, wait_until
@@ -172,3 +175,43 @@ async def test_streamed_job_moves_the_hubs_read_notification_and_catch_up_counte
     assert delta(before, after, "tokenspool_hub_catch_ups_total") >= 1
     assert ("tokenspool_hub_sweeps_total", ()) in after
     assert ("tokenspool_hub_waiting", ()) in after and ("tokenspool_hub_jobs", ()) in after
+
+
+def test_relayed_events_are_counted_and_their_lag_bucketed_as_prometheus_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now_ms = 1_800_000_000_000
+    monkeypatch.setattr(metrics_module.time, "time", lambda: now_ms / 1000)
+    m = ApiMetrics()
+    ages_ms = [0, 1, 3, 2_000, 10_000_000]  # 1 ms sits in the 0.001 bucket (le: "at most")
+    ids = [f"{now_ms - age}-0".encode() for age in ages_ms]
+    m.relayed_batch("sse", ids[:2], head=(0, 0))
+    m.relayed_batch("sse", ids[2:], head=(now_ms - 2_000, 0))  # the last two predate it
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(m.render().decode())
+        for sample in family.samples
+    }
+
+    def lag(le: str) -> float:
+        return samples[
+            ("tokenspool_consumer_lag_seconds_bucket", (("le", le), ("transport", "sse")))
+        ]
+
+    assert samples[("tokenspool_events_relayed_total", (("transport", "sse"),))] == 5
+    assert samples[("tokenspool_events_replayed_total", (("transport", "sse"),))] == 2
+    assert samples[("tokenspool_events_relayed_total", (("transport", "websocket"),))] == 0
+    assert [lag(le) for le in ("0.001", "0.0025", "0.005", "5.0", "3600.0", "+Inf")] == [
+        2,
+        2,
+        3,
+        4,
+        4,
+        5,
+    ]
+    assert samples[("tokenspool_consumer_lag_seconds_count", (("transport", "sse"),))] == 5
+    total = sum(ages_ms) / 1000
+    assert (
+        abs(samples[("tokenspool_consumer_lag_seconds_sum", (("transport", "sse"),))] - total)
+        < 1e-6
+    )
