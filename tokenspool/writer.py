@@ -17,11 +17,11 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
-from .connections import pack
+from .connections import pack, read_replies
 from .errors import TokenspoolError
 from .store import JobStore
 from .tasks import stop_task
@@ -147,13 +147,7 @@ class Writer:
         self.round_trips += 1
         if self.counter is not None:
             self.counter.inc()
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:  # this command's error reply; the rest still follow
-                replies.append(exc)
-        return replies
+        return await read_replies(conn, len(commands))
 
     async def _send(self, batch: list[Source], calls: list[tuple[list[str], list[Any]]]) -> None:
         commands = [("EVALSHA", self._sha, len(keys), *keys, *args) for keys, args in calls]
