@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -224,12 +225,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def stream() -> AsyncIterator[bytes]:
             if head.ended_by(start):
                 return  # resumed at or after the terminal event: nothing is left
+            job_json = json.dumps(job_id).encode()
             with tracked(metrics, "sse", start):
                 batches = hub.tail(job_id, start)
                 async with aclosing(batches):
                     async for batch in batches:
                         # one write per batch, straight from the entries (no pydantic)
-                        yield sse_frames(job_id, batch)
+                        yield sse_frames(job_id, batch, job_json)
                         metrics.relayed_batch("sse", [entry_id for entry_id, _ in batch], head.last)
 
         return EventStream(

@@ -78,12 +78,12 @@ class EventStream(EventSourceResponse):
                 raise SendTimeoutError()
 
 
-def sse_frames(job_id: str, batch: list[Entry]) -> bytes:
+def sse_frames(job_id: str, batch: list[Entry], job: bytes | None = None) -> bytes:
     """A batch of entries as SSE events (``id``, ``event``, ``data`` = the event's JSON), byte
     for byte what sse-starlette's ``ServerSentEvent(id=, event=, data=model_dump_json())``
     writes with its default ``\\r\\n`` separator: ids and types hold no line breaks, nor does
-    compact JSON."""
-    job = json.dumps(job_id).encode()
+    compact JSON. ``job``: ``json.dumps(job_id)`` encoded, for a caller that sends many."""
+    job = job or json.dumps(job_id).encode()
     return b"".join(
         b"id: %s\r\nevent: %s\r\ndata: %s\r\n\r\n"
         % (entry_id, fields.get(b"t", b""), entry_json(job_id, entry_id, fields, job))

@@ -24,6 +24,7 @@ from tokenspool.scripts import NOTIFY_MAX_BYTES
 from tokenspool.settings import Settings
 from tokenspool.stack import Stack
 from tokenspool.store import JobStore
+from tokenspool.tailer import id_tuple
 
 from .helpers import wait_until
 from .proxy import DroppingProxy
@@ -414,7 +415,7 @@ async def settle(hub: Hub, redis: Redis, hub_keys: Keys, job_id: str, consumers:
             hub.catch_ups == consumers + 1
             and not hub._due
             and hub.waiting == consumers
-            and all(w.after == last for s in hub._streams.values() for w in s.waiters)
+            and all(w.position == id_tuple(last) for s in hub._streams.values() for w in s.waiters)
         )
 
     await wait_until(settled)

@@ -70,7 +70,13 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 
 
 def _position(entry_id: bytes) -> Position:
-    return id_tuple(entry_id.decode())
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def _stream_id(position: Position) -> str:
+    """``position`` as a stream id (``0`` before the first entry)."""
+    return f"{position[0]}-{position[1]}" if position > (0, 0) else "0"
 
 
 def _after(entries: list[Entry], first: Position, position: Position) -> list[Entry]:
@@ -108,9 +114,8 @@ def _notified_entries(data: bytes) -> list[Entry] | None:
 
 @dataclass(eq=False)
 class _Waiter:
-    """One consumer waiting for entries of its stream after ``after``."""
+    """One consumer waiting for entries of its stream after ``position``."""
 
-    after: str
     position: Position
     n: int | None  # the ordinal of the entry at ``after`` (0 before the first), if known
     future: asyncio.Future[list[Entry]]
@@ -250,13 +255,14 @@ class Hub:
         before they were read), ``JobNotFoundError`` when the keys expire while it waits, and
         the Redis error when Redis stays unreachable for ``reconnect_timeout``."""
         last = parse_event_id(after)
+        position = id_tuple(last)
         expected_n: int | None = 1 if last == "0" else None
         stream = self._open(job_id)
         try:
             first = True
             while True:
                 known = expected_n - 1 if expected_n is not None else None
-                entries = await self._next(stream, last, known, catch_up=first)
+                entries = await self._next(stream, position, known, catch_up=first)
                 first = False
                 if not entries:
                     continue  # the keys still exist after a while: wait again
@@ -268,7 +274,8 @@ class Hub:
                         if expected_n is not None and n != expected_n:
                             raise StreamGoneError(
                                 f"job {job_id}: events {expected_n}..{n - 1} were trimmed "
-                                f"(stream cap) before this reader got them; it read up to {last}"
+                                "(stream cap) before this reader got them; it read up to "
+                                f"{_stream_id(position)}"
                             )
                         expected_n = n + 1
                     else:
@@ -277,7 +284,7 @@ class Hub:
                     if entry[1].get(b"t") in _TERMINAL:
                         yield batch
                         return
-                last = entries[-1][0].decode()
+                position = _position(entries[-1][0])
                 yield batch
         finally:
             self._close(stream)
@@ -303,14 +310,14 @@ class Hub:
             self._subscriptions.drop(stream.channel)
 
     async def _next(
-        self, stream: _Stream, after: str, n: int | None, *, catch_up: bool
+        self, stream: _Stream, position: Position, n: int | None, *, catch_up: bool
     ) -> list[Entry]:
-        """Wait for the entries of ``stream`` after ``after``, whose ordinal is ``n`` if known
-        (empty: none for a while)."""
+        """Wait for the entries of ``stream`` after ``position``, whose ordinal is ``n`` if
+        known (empty: none for a while)."""
         if self._closed or self._tasks[0].done():
             raise HubClosedError("the stream hub is not running")
         future: asyncio.Future[list[Entry]] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(after, id_tuple(after), n, future)
+        waiter = _Waiter(position, n, future)
         stream.waiters.add(waiter)
         if catch_up:  # whatever is known of the end was learnt without this consumer
             self.catch_ups += 1
@@ -387,7 +394,7 @@ class Hub:
             if any(stream.needs_read(w.position) for w in stream.waiters):
                 first = min(stream.waiters, key=lambda w: w.position)
                 plan.append((stream, first.position, stream.epoch))
-                afters.append(first.after)
+                afters.append(_stream_id(first.position))
         self._due.clear()
         if not plan:
             return
@@ -518,12 +525,13 @@ class Hub:
         self.notifications += 1
         entries = _notified_entries(data) if b"\n" in data else None
         top = _notified_position(entries[-1][0] if entries else data)
+        first = top if entries is not None and len(entries) == 1 else None
         if top is None:
             log.warning("stream hub: job %s: bad notification %r", stream.job_id, data[:200])
             stream.forget_end()
         else:
             if entries and stream.waiters:
-                self._hand_over(stream, entries)
+                self._hand_over(stream, entries, first or _position(entries[0][0]))
             stream.advance(top)
         for waiter in stream.waiters:
             if top is None or waiter.position < top:
@@ -531,13 +539,12 @@ class Hub:
                 self._wake.set()
                 return
 
-    def _hand_over(self, stream: _Stream, entries: list[Entry]) -> None:
+    def _hand_over(self, stream: _Stream, entries: list[Entry], first: Position) -> None:
         """Give the notified ``entries`` to each waiter they follow with no gap: the first one
         after the waiter's position has the ordinal after the waiter's last (``n`` counts a
         stream's entries from 1, and the waiter knows the ordinal it is at). Any other waiter
         (behind, so some entries in between were not notified to it, or at an unknown ordinal)
-        is read for, as before."""
-        first = _position(entries[0][0])
+        is read for, as before. ``first``: the position of the first entry."""
         for waiter in list(stream.waiters):
             if waiter.n is None or waiter.future.done():
                 continue
