@@ -37,7 +37,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -112,14 +111,20 @@ def _notified_entries(data: bytes) -> list[Entry] | None:
     ]
 
 
-@dataclass(eq=False)
 class _Waiter:
-    """One consumer waiting for entries of its stream after ``position``."""
+    """One consumer waiting for entries of its stream after ``position``, whose ordinal is
+    ``n`` (0 before the first) if known. One is made per wait, so per event relayed: a plain
+    class with slots, not a dataclass."""
 
-    position: Position
-    n: int | None  # the ordinal of the entry at ``after`` (0 before the first), if known
-    future: asyncio.Future[list[Entry]]
-    since: float = field(default_factory=time.monotonic)
+    __slots__ = ("future", "n", "position", "since")
+
+    def __init__(
+        self, position: Position, n: int | None, future: asyncio.Future[list[Entry]]
+    ) -> None:
+        self.position = position
+        self.n = n
+        self.future = future
+        self.since = time.monotonic()
 
 
 class _Stream:

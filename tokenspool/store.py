@@ -192,7 +192,7 @@ class JobStore:
             self.settings.stream_maxlen,
             len(events),
             final_status,
-            repr(time.time()),
+            repr(time.time()) if final_status else "",  # finished_at, for the final write
             self.settings.retention_seconds,
             seq,
         ]
