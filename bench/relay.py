@@ -276,7 +276,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
             costs.notes.append(f"{lv.streams} streams, error: {error}")
     costs.notes.append(
         "Commands per chunk (script-internal calls included; the worker's WRITE script makes "
-        "3 HGETs, an HSET, an HINCRBY and an XADD per event): "
+        "an HMGET, an HSET and a PUBLISH per call and an XADD per event): "
         + "; ".join(
             f"{lv.streams} streams: {top_commands(lv.redis, lv.chunks, 6)}" for lv in levels
         )

@@ -98,7 +98,7 @@ return 1
 WRITE = (
     _NOTIFY
     + """
-local h = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'wseq')
+local h = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'wseq', 'n')
 local attempt, status = h[1], h[2]
 local seq = tonumber(h[3] or '0')
 if attempt == ARGV[1] and tonumber(ARGV[7]) <= seq then
@@ -108,12 +108,13 @@ if attempt ~= ARGV[1] or status ~= 'running' then
   return redis.error_reply('FENCED job is ' .. tostring(status) .. ' at attempt ' ..
     tostring(attempt) .. ', writer holds attempt ' .. ARGV[1])
 end
-redis.call('HSET', KEYS[1], 'wseq', ARGV[7])
 local n = tonumber(ARGV[3])
+local ordinal = tonumber(h[4] or '0')  -- the stream's entries so far (other scripts add too)
+redis.call('HSET', KEYS[1], 'wseq', ARGV[7], 'n', ordinal + n)
 local last = ''
 local lines, size = {}, 0  -- the notification: id, n, t, a, d of each entry
 for i = 0, n - 1 do
-  local ordinal = redis.call('HINCRBY', KEYS[1], 'n', 1)
+  ordinal = ordinal + 1
   local kind, data = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
   last = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
     'n', ordinal, 't', kind, 'a', ARGV[1], 'd', data)
