@@ -58,9 +58,9 @@ async def read_replies(conn: Connection, count: int) -> list[Any]:
         return [await _reply(conn) for _ in range(count)]
     replies: list[Any] = []
     try:
-        if not parser._connected:
-            raise RedisConnectionError("the connection is closed")
         reader = parser._reader
+        if reader is None or not parser._connected:
+            raise RedisConnectionError("the connection is closed")
         while len(replies) < count:
             reply = reader.gets()
             if reply is NOT_ENOUGH_DATA:
