@@ -18,10 +18,11 @@ watchdog task per stream (no timer per chunk).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -111,7 +112,7 @@ def _status_error(response: aiohttp.ClientResponse, body: bytes) -> ProviderErro
     )
 
 
-async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[list[bytes]]:
+async def _lines(content: aiohttp.StreamReader) -> AsyncGenerator[list[bytes], None]:
     """The body's lines (split at ``\\n``, as aiohttp's ``readline`` does), a list of the
     lines completed by each arrival of data: one ``readany`` per arrival rather than one
     ``readline`` per line (a provider's chunk is two lines, its ``data:`` line and a blank
@@ -144,6 +145,25 @@ async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[list[bytes]]:
         yield lines
     if head:  # the last line, without its line break
         yield [b"".join(head)]
+
+
+_DONE: Any = object()  # the stream's ``data: [DONE]``
+
+
+def _chunk(line: bytes) -> Any:
+    """The chunk an SSE line carries: a dict, ``_DONE`` at ``[DONE]``, None for a line that is
+    not ``data:``. Raises ValueError for data that is not JSON, and ProviderError for an error
+    object sent in place of a chunk."""
+    if not line.startswith(b"data:"):
+        return None
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return _DONE
+    chunk = json.loads(data)
+    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+        error = chunk["error"] or {}
+        raise ProviderError("APIError", f"APIError: {error.get('message', error)}", retryable=True)
+    return chunk
 
 
 class FastOpenAIStream:
@@ -205,21 +225,15 @@ class FastOpenAIStream:
         content = self._response.content
         watchdog = self._watch_idle(self._response)
         try:
-            async for lines in _lines(content):
-                self._last_line = time.monotonic()
-                for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        return
-                    chunk = json.loads(data)
-                    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
-                        error = chunk["error"] or {}
-                        raise ProviderError(
-                            "APIError", f"APIError: {error.get('message', error)}", retryable=True
-                        )
-                    yield chunk
+            async with contextlib.aclosing(_lines(content)) as body:  # closed at [DONE] too
+                async for lines in body:
+                    self._last_line = time.monotonic()
+                    for line in lines:
+                        chunk = _chunk(line)
+                        if chunk is _DONE:
+                            return
+                        if chunk is not None:
+                            yield chunk
         except (aiohttp.ClientError, HttpProcessingError, ValueError) as exc:
             # litellm's name and status: once the answer's body is being read, any break (a
             # read timeout included, and before the first chunk too) is a
