@@ -65,6 +65,15 @@ class Level:
     def per_chunk(self, counter: str) -> float:
         return self.redis.get(counter, math.nan) / self.chunks if self.chunks else math.nan
 
+    def cores_cell(self) -> str:
+        """The "CPU cores: worker / API / Redis / client" cell (every worker process summed)."""
+        c = self.cores
+        worker = sum(v for k, v in c.items() if k.startswith("worker"))
+        return f"{worker:.2f} / {c['api']:.2f} / {c['redis']:.2f} / {c['client']:.2f}"
+
+    def failed_cell(self) -> str:
+        return f"{len(self.errors)} of {self.streams}"
+
 
 @dataclass
 class Target:
@@ -232,8 +241,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
         ],
     )
     for lv in levels:
-        r, st, a, b, c = lv.relay, lv.steady, lv.to_redis, lv.to_client, lv.cores
-        worker = sum(v for k, v in c.items() if k.startswith("worker"))
+        r, st, a, b = lv.relay, lv.steady, lv.to_redis, lv.to_client
         window = (
             f"{ms(st.p50)} / {ms(st.p99)} ({lv.steady_seconds:.1f} s)"
             if st.n
@@ -252,7 +260,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
         )
         costs.add(
             lv.streams,
-            f"{worker:.2f} / {c['api']:.2f} / {c['redis']:.2f} / {c['client']:.2f}",
+            lv.cores_cell(),
             f"{us(lv.cpu_per_chunk('worker'))} / {us(lv.cpu_per_chunk('api'))}",
             num(lv.per_chunk("total_reads_processed")),
             num(
@@ -263,7 +271,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
             num(lv.per_chunk("xread")),
             lv.retries,
             ms(lv.lag.p99),
-            f"{len(lv.errors)} of {lv.streams}",
+            lv.failed_cell(),
         )
         ctx.put(f"relay.{lv.streams}.p50", r.p50)
         ctx.put(f"relay.{lv.streams}.p99", r.p99)
@@ -301,7 +309,6 @@ async def run(ctx: Context, result: GroupResult) -> None:
 def _slow_table(ctx: Context, result: GroupResult, lv: Level) -> None:
     """One worker holding many slow streams: relay latency and the worker's peak memory."""
     worker_kb = sum(v for k, v in lv.rss_kb.items() if k.startswith("worker"))
-    worker_cores = sum(v for k, v in lv.cores.items() if k.startswith("worker"))
     table = result.table(
         f"One worker holding {lv.streams:,} slow streams at {lv.rate} chunks/s each "
         f"({lv.chunks:,} content chunks received, max_jobs {MAX_JOBS})",
@@ -326,11 +333,10 @@ def _slow_table(ctx: Context, result: GroupResult, lv: Level) -> None:
         f"{ms(st.p50)} / {ms(st.p99)} ({lv.steady_seconds:.1f} s)" if st.n else "none",
         f"{worker_kb / 1024:,.0f} MiB",
         f"{lv.rss_kb.get('api', 0) / 1024:,.0f} MiB",
-        f"{worker_cores:.2f} / {lv.cores['api']:.2f} / {lv.cores['redis']:.2f} / "
-        f"{lv.cores['client']:.2f}",
+        lv.cores_cell(),
         num(lv.per_chunk("total_reads_processed")),
         lv.retries,
-        f"{len(lv.errors)} of {lv.streams}",
+        lv.failed_cell(),
     )
     for error in sorted(set(lv.errors))[:3]:
         table.notes.append(f"error: {error}")
@@ -365,7 +371,7 @@ def _floor_table(ctx: Context, result: GroupResult, ours: list[Level], floors: l
         ],
     )
     for mine, lv in zip(ours, floors, strict=True):
-        r, st, c = lv.relay, lv.steady, lv.cores
+        r, st = lv.relay, lv.steady
         worker, api = lv.cpu_per_chunk("worker"), lv.cpu_per_chunk("api")
         table.add(
             f"{lv.streams:,} streams at {lv.rate} chunks/s",
@@ -374,7 +380,7 @@ def _floor_table(ctx: Context, result: GroupResult, ours: list[Level], floors: l
             ms(r.p99),
             ms(r.max),
             f"{ms(st.p50)} / {ms(st.p99)}" if st.n else "none",
-            f"{c['worker']:.2f} / {c['api']:.2f} / {c['redis']:.2f} / {c['client']:.2f}",
+            lv.cores_cell(),
             f"{us(worker)} / {us(api)}",
             " / ".join(
                 times(a / b) if b > 0 else "n/a"
@@ -385,7 +391,7 @@ def _floor_table(ctx: Context, result: GroupResult, ours: list[Level], floors: l
                     (mine.cpu_per_chunk("api"), api),
                 )
             ),
-            f"{len(lv.errors)} of {lv.streams}",
+            lv.failed_cell(),
         )
         for error in sorted(set(lv.errors))[:3]:
             table.notes.append(f"{lv.streams} streams, error: {error}")
