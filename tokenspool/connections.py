@@ -9,7 +9,7 @@ import hiredis
 from arq.connections import ArqRedis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -45,6 +45,16 @@ def pack(commands: list[tuple[Any, ...]]) -> bytes:
     return b"".join([hiredis.pack_command(command) for command in commands])
 
 
+def hiredis_reader(connection: AbstractConnection) -> Any | None:
+    """The connection's hiredis reader while it is connected, or None (no hiredis parser, or
+    disconnected). redis-py keeps it private (``_parser._reader``): this is the one place that
+    reaches for it, for the readers below and the stream hub's pub/sub listener."""
+    parser = connection._parser
+    if not isinstance(parser, _AsyncHiredisParser) or not parser._connected:
+        return None
+    return parser._reader
+
+
 async def read_replies(conn: Connection, count: int) -> list[Any]:
     """The next ``count`` replies on ``conn`` (a pipeline's), error replies as exception
     values (``ResponseError``, ``NoScriptError``...), straight from the connection's hiredis
@@ -58,8 +68,8 @@ async def read_replies(conn: Connection, count: int) -> list[Any]:
         return [await _reply(conn) for _ in range(count)]
     replies: list[Any] = []
     try:
-        reader = parser._reader
-        if reader is None or not parser._connected:
+        reader = hiredis_reader(conn)
+        if reader is None:
             raise RedisConnectionError("the connection is closed")
         while len(replies) < count:
             reply = reader.gets()

@@ -24,6 +24,7 @@ from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
+from .connections import hiredis_reader
 from .errors import REDIS_UNREACHABLE
 from .tailer import RECONNECT_DELAYS
 
@@ -34,9 +35,8 @@ def _buffered_reply(connection: AbstractConnection) -> Any:
     """The next reply already in the connection's hiredis reader, or None if it holds no
     whole reply (then a read must wait for the socket). Replies are taken as redis-py's own
     read would take them: an error reply raises."""
-    parser = connection._parser
-    reader = getattr(parser, "_reader", None)
-    if reader is None or not getattr(parser, "_connected", False):
+    reader = hiredis_reader(connection)
+    if reader is None:
         return None  # no hiredis parser (or it disconnected): the timed read handles it
     reply = reader.gets()
     if reply is NOT_ENOUGH_DATA:
