@@ -530,13 +530,13 @@ class Hub:
         self.notifications += 1
         entries = _notified_entries(data) if b"\n" in data else None
         top = _notified_position(entries[-1][0] if entries else data)
-        first = top if entries is not None and len(entries) == 1 else None
         if top is None:
             log.warning("stream hub: job %s: bad notification %r", stream.job_id, data[:200])
             stream.forget_end()
         else:
             if entries and stream.waiters:
-                self._hand_over(stream, entries, first or _position(entries[0][0]))
+                first = top if len(entries) == 1 else _position(entries[0][0])
+                self._hand_over(stream, entries, first)
             stream.advance(top)
         for waiter in stream.waiters:
             if top is None or waiter.position < top:
