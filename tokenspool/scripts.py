@@ -20,8 +20,8 @@ NOTIFY_MAX_BYTES = 16_384  # the largest WRITE notification that carries its ent
 # the job's notification channel, Keys.written(): the events key with 'written' for 'events'
 # (a channel is not a key, so it need not be passed in KEYS)
 _NOTIFY = """
-local function notify(id)
-  redis.call('PUBLISH', string.sub(KEYS[2], 1, -7) .. 'written', id)
+local function notify(message)
+  redis.call('PUBLISH', string.sub(KEYS[2], 1, -7) .. 'written', message)
 end
 """
 
@@ -138,11 +138,7 @@ if ARGV[4] ~= '' then
   redis.call('EXPIRE', KEYS[2], ARGV[6])
 end
 if last ~= '' then
-  if lines then
-    redis.call('PUBLISH', string.sub(KEYS[2], 1, -7) .. 'written', table.concat(lines, '\\n'))
-  else
-    notify(last)
-  end
+  notify(lines and table.concat(lines, '\\n') or last)  -- the entries, or just the last id
 end
 return last
 """
