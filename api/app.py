@@ -12,6 +12,7 @@ from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.types import Receive, Scope, Send
 
 from tokenspool import queue
 from tokenspool.connections import close, connect, connect_reader
@@ -37,7 +38,7 @@ from tokenspool.tasks import stop_task
 from .instrumentation import ErrorCounter
 from .limits import BodySizeLimit, request_limit_problem
 from .openai_routes import OpenAIRoutes
-from .streams import EventStream, hub_of, open_stream, sse_frames, tracked
+from .streams import SERVER_SEND, EventStream, hub_of, open_stream, sse_frames, tracked
 from .ui_routes import ui_router
 from .websocket_routes import websocket_router
 
@@ -48,6 +49,16 @@ def _error(status: int, detail: Any) -> JSONResponse:
 
 def _invalid(field: str, message: str) -> JSONResponse:
     return _error(422, [{"loc": ["body", field], "msg": message, "type": "value_error"}])
+
+
+class App(FastAPI):
+    """FastAPI, keeping the server's own ``send`` in the scope: an event stream sends its body
+    straight to it (``api.streams.EventStream``). So no middleware may change a response
+    body; the ones here only look at the response start."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -86,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await reader.aclose()
                 await close(pool)
 
-    app = FastAPI(
+    app = App(
         title="tokenspool",
         version="0.1.0",
         description="Durable, resumable LLM output streams over a job queue.",
@@ -94,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(ui_router)
     app.state.metrics = metrics
+    # none may change a response body: event streams bypass them after the start (App)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ErrorCounter, metrics=metrics)  # outermost: it sees the 413s too
     app.include_router(openai.router)

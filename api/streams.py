@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.requests import HTTPConnection
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from tokenspool.errors import JobNotFoundError
 from tokenspool.events import TERMINAL_TYPES, as_text, entry_json
@@ -23,6 +23,8 @@ from tokenspool.keys import E_TYPE
 from tokenspool.metrics import ApiMetrics
 from tokenspool.store import JobStore
 from tokenspool.tailer import id_tuple, raise_if_trimmed
+
+SERVER_SEND = "tokenspool.server_send"  # scope key: the server's own send (``api.app.App``)
 
 
 def hub_of(connection: HTTPConnection) -> Hub:
@@ -40,6 +42,11 @@ class EventStream(EventSourceResponse):
     just notes since when the connection has been busy, and a watchdog task beside the stream
     checks every quarter of ``send_timeout``: a send pending longer than that raises
     ``SendTimeoutError``, which ends the response as sse-starlette's own timeout does.
+
+    The body (events and heartbeats) goes to the server's own send, kept in the scope by
+    ``api.app.App``, rather than through every middleware's wrapper of ``send``: those look
+    only at the response start, which still goes through them, and four wrappers cost about a
+    tenth of the API's CPU per relayed event.
     """
 
     def __init__(
@@ -61,8 +68,16 @@ class EventStream(EventSourceResponse):
         self._limit = send_timeout  # sse-starlette's own per-send timer stays off
         self._sending = 0  # sends in progress (a heartbeat can overlap an event)
         self._busy_since = 0.0  # when the sends in progress began
+        self._body_send: Send | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self._body_send = scope.get(SERVER_SEND)
+        await super().__call__(scope, receive, send)
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        if self._body_send is not None and message["type"] == "http.response.body":
+            send = self._body_send
         if not self._sending:
             self._busy_since = time.monotonic()
         self._sending += 1
