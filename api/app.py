@@ -58,7 +58,12 @@ class App(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[SERVER_SEND] = send
-        await super().__call__(scope, receive, send)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # the send is bound to the server's request object, which holds the scope: a
+            # cycle that would outlive the request
+            del scope[SERVER_SEND]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -4,15 +4,20 @@ uvicorn on loopback (the timeout is kept by a watchdog, not a timer per send).""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import types
+from collections import Counter
 from collections.abc import AsyncIterator
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api.app import App
 from api.streams import EventStream
 
 CHUNK = b"data: " + b"x" * 65_536 + b"\r\n\r\n"
@@ -95,5 +100,93 @@ async def test_a_client_that_reads_slowly_but_steadily_gets_the_whole_stream() -
         assert received == chunks
     finally:
         writer.close()
+        server.should_exit = True
+        await task
+
+
+async def _read_to_end(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /events HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        async with asyncio.timeout(20):
+            while await reader.read(65_536):
+                pass
+    finally:
+        writer.close()
+
+
+async def _leave_early(port: int, ended: asyncio.Event) -> None:
+    ended.clear()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /events?n=endless HTTP/1.1\r\nHost: test\r\n\r\n")
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+    writer.close()
+    async with asyncio.timeout(20):  # the server notices and closes the body
+        await ended.wait()
+
+
+def _kind(o: object) -> str:
+    if isinstance(o, types.MethodType):
+        return f"method of {type(o.__self__).__name__}"
+    return type(o).__name__
+
+
+@pytest.mark.parametrize("app_class", [Starlette, App])
+async def test_a_finished_or_abandoned_stream_leaves_no_reference_cycles_behind(
+    app_class: type[Starlette],
+) -> None:
+    """A stream's tasks end without leaving cyclic garbage: objects that lived as long as the
+    stream sit in the old generation, where only a full collection (a pause as long as the
+    process holds objects) would free a cycle among them. ``App`` is the API's application
+    class (it keeps the server's send in the scope for the stream)."""
+    ended = asyncio.Event()
+
+    async def events(request: Request) -> Response:
+        finite = request.query_params.get("n") is None
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                for _ in range(3 if finite else 10_000):
+                    yield b"data: x\r\n\r\n"
+                    if not finite:
+                        await asyncio.sleep(0.01)
+            finally:
+                ended.set()
+
+        return EventStream(body(), ping=0.05, send_timeout=5, headers={})
+
+    server, task, port = await serve(app_class(routes=[Route("/events", events)]))
+    try:
+        await _read_to_end(port)  # the server's own one-off objects
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(10):
+                await _read_to_end(port)
+                await _leave_early(port, ended)
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            garbage = Counter(_kind(o) for o in gc.garbage)
+        finally:
+            gc.garbage.clear()
+            gc.set_debug(0)
+            gc.enable()
+        # asyncio's own socket transports (the test's default loop) refer to themselves
+        # through their callbacks; nothing of a stream may be in a cycle
+        stream_kinds = {
+            "method of RequestResponseCycle",  # the server's send
+            "EventStream",
+            "Task",
+            "coroutine",
+            "async_generator",
+            "frame",
+            "traceback",
+            "CancelledError",
+            "Future",
+            "TaskState",
+            "CancelScope",
+        }
+        assert not {k: n for k, n in garbage.items() if k in stream_kinds}
+    finally:
         server.should_exit = True
         await task
