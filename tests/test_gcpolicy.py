@@ -59,17 +59,25 @@ async def test_the_timer_collects_cyclic_garbage(restore_gc: None) -> None:
         gc.enable()
 
 
-def test_a_full_collection_waits_for_the_old_generation_to_grow_by_a_quarter() -> None:
-    policy = FullCollectionPolicy(baseline=1000, growth=0.25, max_skips=5)
+def test_growth_starts_a_full_collection_only_after_one_that_found_garbage() -> None:
+    policy = FullCollectionPolicy(baseline=1000, growth=0.25, max_skips=5, worthwhile=0.01)
+    assert not policy.due(2000)  # no collection has paid yet: growth alone waits
+    policy.collected(1000, found=100)  # a tenth of what it walked was garbage
     assert [policy.due(size) for size in (1000, 1100, 1249)] == [False, False, False]
     assert policy.due(1250)  # a quarter more than after the last collection
-    policy.collected(1100)  # what is left is the new baseline
+    policy.collected(1100, found=50)  # what is left is the new baseline
     assert not policy.due(1300)
     assert policy.due(1375)
+
+
+def test_a_full_collection_that_found_little_is_not_repeated_for_growth() -> None:
+    policy = FullCollectionPolicy(baseline=1000, growth=0.25, max_skips=3, worthwhile=0.01)
+    policy.collected(1000, found=9)  # under 1% of the 1,009 objects it walked
+    assert [policy.due(5000) for _ in range(4)] == [False, False, False, True]
 
 
 def test_a_full_collection_runs_anyway_after_max_skips_checks_without_one() -> None:
     policy = FullCollectionPolicy(baseline=1000, growth=0.25, max_skips=3)
     assert [policy.due(1000) for _ in range(4)] == [False, False, False, True]
-    policy.collected(1000)
+    policy.collected(1000, found=0)
     assert [policy.due(900) for _ in range(4)] == [False, False, False, True]

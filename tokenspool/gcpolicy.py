@@ -9,14 +9,17 @@ object for ~400 ms, pausing every stream of the process at once (docs/benchmarks
 Here the objects left by start-up (imports) are frozen out of collection, and full collections
 are decided on a timer instead: every ``gc_full_seconds`` the old generation is counted (a few
 ms for half a million objects, against hundreds for a full pass), and a full collection runs if
-it holds a quarter more objects than after the last one, or if ``MAX_SKIPS`` checks went by
-without one. Unlike CPython's own rule, which counts every object promoted to the old
+``MAX_SKIPS`` checks went by without one, or if it holds a quarter more objects than after the
+last one and that last one was worth its pause (it found at least ``WORTHWHILE`` of what it
+walked to be garbage). Unlike CPython's own rule, which counts every object promoted to the old
 generation, this counts the ones still there: a stream that ended and was freed by reference
 counts does not count, cyclic garbage does. With 2,000 streams running the old generation stays
 level and no full pass pauses them (a full pass every 20 s made the relay p99 585 ms while every
-stream ran, against 79 ms with none); the cyclic garbage of a churning process still is
-collected once it reaches a quarter of the old generation, and all of it within
-``MAX_SKIPS`` + 1 intervals.
+stream ran, against 79 ms with none). Streams end without leaving cycles (``api.streams``), so
+the old generation mostly grows with live streams, and a pass then finds nothing: with 2,000
+streams open it walks about 600,000 objects in some 600 ms. So growth alone starts a pass only
+while passes find garbage; otherwise one runs every ``MAX_SKIPS`` + 1 intervals (10 minutes by
+default), which also bounds how long cyclic garbage can pile up unnoticed.
 
 The young generation is collected after ``YOUNG_THRESHOLD`` net allocations rather than
 CPython's 700, and the middle one every third young collection rather than every eleventh. A
@@ -46,6 +49,7 @@ FULL_GROWTH = 0.25  # a full collection once the old generation grew by this fra
 MAX_SKIPS = 9  # checks without a full collection before one runs anyway
 YOUNG_THRESHOLD = 20_000  # net allocations between young collections (CPython's default: 700)
 MIDDLE_THRESHOLD = 2  # young collections between middle ones, plus one (CPython's default: 10)
+WORTHWHILE = 0.01  # a full pass that found less of what it walked to be garbage did not pay
 
 
 def freeze_startup_objects() -> None:
@@ -62,27 +66,38 @@ def old_generation_size() -> int:
 
 
 class FullCollectionPolicy:
-    """When to run a full collection: at a check, if the old generation holds ``growth`` more
-    objects than after the last full collection, or if ``max_skips`` checks in a row passed."""
+    """When to run a full collection: at a check, if ``max_skips`` checks in a row passed
+    without one, or if the old generation holds ``growth`` more objects than after the last
+    one and that one paid (it found at least ``worthwhile`` of what it walked to be garbage).
+    Until a collection has paid, growth alone does not start one."""
 
     def __init__(
-        self, baseline: int, growth: float = FULL_GROWTH, max_skips: int = MAX_SKIPS
+        self,
+        baseline: int,
+        growth: float = FULL_GROWTH,
+        max_skips: int = MAX_SKIPS,
+        worthwhile: float = WORTHWHILE,
     ) -> None:
         self.baseline = baseline
         self.growth = growth
         self.max_skips = max_skips
+        self.worthwhile = worthwhile
         self.skipped = 0
+        self.paid = False  # whether the last full collection found garbage worth its pause
 
     def due(self, size: int) -> bool:
         """A check with the old generation at ``size`` objects: collect now?"""
-        if size >= self.baseline * (1 + self.growth) or self.skipped >= self.max_skips:
+        grew = size >= self.baseline * (1 + self.growth)
+        if self.skipped >= self.max_skips or (grew and self.paid):
             return True
         self.skipped += 1
         return False
 
-    def collected(self, size: int) -> None:
-        """A full collection left ``size`` objects in the old generation."""
+    def collected(self, size: int, found: int) -> None:
+        """A full collection found ``found`` unreachable objects and left ``size`` in the old
+        generation."""
         self.baseline, self.skipped = size, 0
+        self.paid = found >= self.worthwhile * (size + found)
 
 
 async def full_collections(every: float) -> None:
@@ -95,7 +110,7 @@ async def full_collections(every: float) -> None:
             continue
         started = time.perf_counter()
         found = gc.collect()
-        policy.collected(old_generation_size())
+        policy.collected(old_generation_size(), found)
         log.debug(
             "full gc: %d unreachable objects, %.1f ms, %d objects left in the old generation",
             found,
