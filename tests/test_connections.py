@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
-from tokenspool.connections import Pool
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ResponseError
+
+from tokenspool.connections import Pool, pipelined
 from tokenspool.settings import Settings
 
 
@@ -42,3 +46,19 @@ async def test_a_slow_connection_check_does_not_hold_up_other_checkouts(
         await pool.release(await slow)
     finally:
         await pool.disconnect()
+
+
+async def test_a_pipeline_gives_each_reply_in_order_errors_as_values_and_frees_its_connection(
+    redis: Redis,
+) -> None:
+    key = f"test:pipelined:{uuid.uuid4().hex}"
+    replies = await pipelined(
+        redis,
+        [("SET", key, "v"), ("INCR", key), ("GET", key), ("EVALSHA", "0" * 40, 0), ("DEL", key)],
+    )
+    assert replies[0] in (b"OK", "OK") and replies[4] == 1
+    assert isinstance(replies[1], ResponseError)  # not an integer: an error, not a raise
+    assert replies[2] in (b"v", "v")
+    assert isinstance(replies[3], NoScriptError)
+    pool = redis.connection_pool
+    assert not pool._in_use_connections  # type: ignore[attr-defined]

@@ -85,6 +85,22 @@ async def read_replies(conn: Connection, count: int) -> list[Any]:
     return replies
 
 
+async def pipelined(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """The replies of ``commands`` sent as one non-transactional pipeline on a connection of
+    ``redis``'s pool, error replies as values: what ``Pipeline.execute(raise_on_error=False)``
+    returns (raw replies, no response callbacks), packed by hiredis and read by
+    :func:`read_replies`. redis-py takes about 20 µs of CPU per command packing and parsing a
+    pipeline of script calls; for the worker's lease renewals (every held lease, every second)
+    that was 45 ms a second, in one block, at 2,000 streams."""
+    pool = redis.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(pack(commands))
+        return await read_replies(conn, len(commands))
+    finally:
+        await pool.release(conn)
+
+
 async def _reply(conn: Connection) -> Any:
     try:
         return await conn.read_response()

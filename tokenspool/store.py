@@ -15,6 +15,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from . import keys as k
 from . import scripts
 from .accumulator import Accumulator
+from .connections import pipelined
 from .errors import FencedError, JobNotFoundError, JobStateError
 from .events import ErrorInfo, JobQueued, UsageInfo, as_text, from_entry
 from .jobs import JobRequest, JobStatus, JobView, Output
@@ -128,16 +129,23 @@ class JobStore:
         and is not put back among the running jobs."""
         if not leases:
             return {}
-        deadline = time.time() * 1000 + self.lease_ms
+        deadline = repr(time.time() * 1000 + self.lease_ms)
         lease = str(self.lease_ms)
-
-        def fill(pipe: Pipeline) -> None:
-            for job_id, attempt in leases.items():
-                pipe.evalsha(self._lease.sha, 1, self.keys.job(job_id), str(attempt), lease)
-            # XX: a job that ended and left the running set meanwhile stays out of it
-            pipe.zadd(self.keys.running, dict.fromkeys(leases, deadline), xx=True)
-
-        results = await self._pipelined_scripts(fill, scripts.LEASE)
+        commands: list[tuple[Any, ...]] = [
+            ("EVALSHA", self._lease.sha, 1, self.keys.job(job_id), str(attempt), lease)
+            for job_id, attempt in leases.items()
+        ]
+        # XX: a job that ended and left the running set meanwhile stays out of it
+        commands.append(
+            ("ZADD", self.keys.running, "XX", *(v for j in leases for v in (deadline, j)))
+        )
+        # packed and read without redis-py's pipeline: this runs every second for every held
+        # lease (connections.pipelined)
+        for _ in range(2):
+            results = await pipelined(self.redis, commands)
+            if not any(isinstance(r, NoScriptError) for r in results):
+                break
+            await self.redis.script_load(scripts.LEASE)
         for r in results:
             if isinstance(r, Exception):
                 raise r
