@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -111,11 +110,15 @@ class JobStore:
         # with the START script, not after it. GT: a deadline only moves later, so a job another
         # attempt holds keeps its place; one that did not start (ended, missing) is taken out
         # again by the caller (``forget_running``), as before.
-        def fill(pipe: Pipeline) -> None:
-            pipe.zadd(self.keys.running, {job_id: now * 1000 + self.lease_ms}, gt=True)
-            pipe.evalsha(self._start.sha, 2, self.keys.job(job_id), self.keys.events(job_id), *args)
-
-        _, res = await self._pipelined_scripts(fill, scripts.START)
+        deadline = repr(now * 1000 + self.lease_ms)
+        job_key, events_key = self.keys.job(job_id), self.keys.events(job_id)
+        _, res = await self._pipelined_scripts(
+            [
+                ("ZADD", self.keys.running, "GT", deadline, job_id),
+                ("EVALSHA", self._start.sha, 2, job_key, events_key, *args),
+            ],
+            scripts.START,
+        )
         if isinstance(res, Exception):
             raise res
         status = as_text(res[0])
@@ -139,27 +142,21 @@ class JobStore:
         commands.append(
             ("ZADD", self.keys.running, "XX", *(v for j in leases for v in (deadline, j)))
         )
-        # packed and read without redis-py's pipeline: this runs every second for every held
-        # lease (connections.pipelined)
-        for _ in range(2):
-            results = await pipelined(self.redis, commands)
-            if not any(isinstance(r, NoScriptError) for r in results):
-                break
-            await self.redis.script_load(scripts.LEASE)
+        results = await self._pipelined_scripts(commands, scripts.LEASE)
         for r in results:
             if isinstance(r, Exception):
                 raise r
         return {job_id: r != 0 for job_id, r in zip(leases, results, strict=False)}
 
-    async def _pipelined_scripts(self, fill: Callable[[Pipeline], None], script: str) -> list[Any]:
-        """The replies of one non-transactional pipeline that ``fill`` queues, its EVALSHAs of
-        ``script`` sent as such (a Script object in a pipeline costs a SCRIPT EXISTS round trip
-        per execute and a few µs per call). Errors are returned, not raised; if Redis lost its
-        script cache, the script is loaded and the pipeline sent once more."""
+    async def _pipelined_scripts(self, commands: list[tuple[Any, ...]], script: str) -> list[Any]:
+        """The raw replies of ``commands`` sent as one non-transactional pipeline, their
+        EVALSHAs of ``script`` sent as such (a Script object in a pipeline costs a SCRIPT EXISTS
+        round trip per execute and a few µs per call). Packed and read without redis-py's
+        pipeline (``connections.pipelined``): lease renewal sends one call per held lease every
+        second. Errors are returned, not raised; if Redis lost its script cache, the script is
+        loaded and the pipeline sent once more."""
         for _ in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                fill(pipe)
-                results: list[Any] = await pipe.execute(raise_on_error=False)
+            results = await pipelined(self.redis, commands)
             if not any(isinstance(r, NoScriptError) for r in results):
                 break
             await self.redis.script_load(script)
