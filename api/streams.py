@@ -136,23 +136,19 @@ class EventStream(EventSourceResponse):
 
     async def _stream_response(self, send: Send) -> None:
         """sse-starlette's loop, for body iterators that yield bytes: without its per-event
-        encoding check and debug log, and with the send inline (a few microseconds per event).
-        A failed send closes the iterator first, as sse-starlette's loop does."""
+        encoding check and debug log (a few microseconds per event). A failed send closes the
+        iterator first, as sse-starlette's loop does."""
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        body_send = self._body_send or send
         async for chunk in self.body_iterator:
-            if not self._sending:
-                self._busy_since = time.monotonic()
-            self._sending += 1
             try:
-                await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await self._send_with_timeout(
+                    send, {"type": "http.response.body", "body": chunk, "more_body": True}
+                )
             except BaseException:
-                self._sending -= 1
                 await self._close_body()
                 raise
-            self._sending -= 1
         async with self._send_lock:
             self.active = False
             await send({"type": "http.response.body", "body": b"", "more_body": False})
