@@ -357,3 +357,95 @@ async def test_write_applied_but_unanswered_is_sent_again_with_its_seq_and_appli
         await writer.stop()
         await close(via)
         await proxy.stop()
+
+
+class HoldingProxy:
+    """Forwards to Redis; once a connection sends a request that contains ``marker``, its
+    replies wait until ``release()``."""
+
+    def __init__(self, target_port: int, marker: bytes) -> None:
+        self.target_port = target_port
+        self.marker = marker
+        self._released = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers |= {writer, up_writer}
+        held = False
+
+        async def requests() -> None:
+            nonlocal held
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await reader.read(65536):
+                    held = held or self.marker in data
+                    up_writer.write(data)
+                    await up_writer.drain()
+            up_writer.close()
+
+        async def replies() -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await up_reader.read(65536):
+                    if held:
+                        await self._released.wait()
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        await asyncio.gather(requests(), replies())
+
+    async def stop(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_a_write_goes_out_on_a_free_lane_while_another_round_trip_awaits_its_reply(
+    settings: Settings, store: JobStore, redis: Redis
+) -> None:
+    await redis.script_load(scripts.WRITE)
+    proxy = HoldingProxy(redis_port_of(settings), marker=b"held")
+    port = await proxy.start()
+    via_settings = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+    via = connect(via_settings, caller_bounds_waits=True)
+    writer = Writer(JobStore(via, via_settings), via, timeout=60, lanes=2)
+    writer.start()
+    try:
+        slow_job, fast_job = await running_job(store), await running_job(store)
+        async with Publisher(writer, slow_job, 1) as slow, Publisher(writer, fast_job, 1) as fast:
+            await slow.publish(delta(slow_job, "held"))
+
+            async def sent() -> bool:
+                return writer.round_trips == 1
+
+            await wait_until(sent, timeout=10)  # slow's round trip is out; its reply is held
+            await fast.publish(delta(fast_job, "free"))
+            await asyncio.wait_for(fast.flush(), 30)  # one lane would wait for the held reply
+
+            assert (slow.written, fast.written) == (0, 1)
+            assert writer.round_trips == 2
+            proxy.release()
+            await slow.flush()
+
+        assert await texts(redis, store, slow_job) == ['{"text":"held"}']
+        assert await texts(redis, store, fast_job) == ['{"text":"free"}']
+        assert slow.written == 1
+    finally:
+        await writer.stop()
+        await close(via)
+        await proxy.stop()
+
+
+def test_writer_refuses_to_run_without_a_lane(store: JobStore) -> None:
+    with pytest.raises(ValueError, match="at least one lane"):
+        Writer(store, lanes=0)

@@ -1,12 +1,14 @@
-"""One Redis writer per worker process: every attempt's pending events in one round trip.
+"""One Redis writer per worker process: every attempt's pending events in few round trips.
 
 Each attempt's :class:`~tokenspool.publisher.Publisher` keeps its events in order, numbers its
 writes, retries them and gives up after the outage deadline; it has at most one write request
 outstanding. The writer takes the next request of every publisher that has events pending and
 sends them all as one pipelined round trip (no MULTI: one EVALSHA of the fenced WRITE script per
-job, each job's keys in one hash slot). When no round trip is in flight, a request goes out at
-once; while one is, new requests gather for the next, with no timer. So the busier the worker,
-the more writes share a round trip (200 paced streams: about 0.3 round trips per chunk).
+job, each job's keys in one hash slot). It has a few lanes, each a connection with at most one
+round trip in flight: a request goes out at once on an idle lane; while every lane is busy, new
+requests gather for the next lane to come free, with no timer. So the busier the worker, the
+more writes share a round trip, and a write does not wait for the reply to another round trip
+while a lane is free (a reply waits for the worker's loop, which is late when it is busy).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .tasks import stop_task
 
 log = logging.getLogger(__name__)
 
+LANES = 2  # round trips in flight at once, each on its own connection
 MAX_REQUESTS = 512  # script calls in one round trip (each carries at most MAX_BATCH events)
 ROUND_TRIP_SECONDS = 10.0  # deadline of one round trip; the publishers then retry or give up
 
@@ -54,7 +57,7 @@ class _Counter(Protocol):
 
 
 class Writer:
-    """Sends every ready publisher's next write request, pipelined, one round trip at a time."""
+    """Sends every ready publisher's next write request, pipelined, one round trip per lane."""
 
     def __init__(
         self,
@@ -63,6 +66,7 @@ class Writer:
         *,
         max_requests: int = MAX_REQUESTS,
         timeout: float = ROUND_TRIP_SECONDS,
+        lanes: int = LANES,
         counter: _Counter | None = None,
     ) -> None:
         """``redis``: the client to send with (default: the store's); best one made with
@@ -71,25 +75,32 @@ class Writer:
         self.redis = redis if redis is not None else store.redis
         self.max_requests = max_requests
         self.timeout = timeout
+        if lanes < 1:
+            raise ValueError(f"a writer needs at least one lane, not {lanes}")
         self.counter = counter  # counts round trips too (a metric)
         self._sha = store.write_sha
         # sources with a request to send, in arrival order; each at most once
         self._ready: dict[Source, None] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._conn: Connection | None = None
+        self._idle: list[asyncio.Future[None]] = []  # lanes waiting for a request
+        self._tasks: list[asyncio.Task[None]] = []
+        self._conns: list[Connection | None] = [None] * lanes  # by lane, taken on first use
         self._stopped = False
         self.round_trips = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="redis-writer")
+        self._tasks = [
+            asyncio.create_task(self._run(lane), name=f"redis-writer-{lane}")
+            for lane in range(len(self._conns))
+        ]
 
     async def stop(self) -> None:
         self._stopped = True
-        await stop_task(self._task)
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await self.redis.connection_pool.release(conn)
+        for task in self._tasks:
+            await stop_task(task)
+        for lane, conn in enumerate(self._conns):
+            if conn is not None:
+                self._conns[lane] = None
+                await self.redis.connection_pool.release(conn)
         stopped = WriterStoppedError("the worker's Redis writer stopped")
         ready, self._ready = list(self._ready), {}
         for source in ready:
@@ -101,16 +112,26 @@ class Writer:
             source.failed(WriterStoppedError("the worker's Redis writer stopped"))
             return
         self._ready[source] = None
-        self._wake.set()
+        while self._idle:  # wake one idle lane (it may find the request taken by then)
+            waiter = self._idle.pop()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
 
     def discard(self, source: Source) -> None:
         self._ready.pop(source, None)
 
-    async def _run(self) -> None:
+    async def _run(self, lane: int) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             if not self._ready:
-                self._wake.clear()
-                await self._wake.wait()
+                waiter = loop.create_future()
+                self._idle.append(waiter)
+                try:
+                    await waiter
+                finally:
+                    if not waiter.done():  # cancelled while idle
+                        self._idle.remove(waiter)
                 continue
             batch: list[Source] = []
             calls: list[tuple[list[str], list[Any]]] = []
@@ -126,7 +147,7 @@ class Writer:
                     batch.append(source)
                     calls.append(call)
             if batch:
-                await self._send(batch, calls)
+                await self._send(lane, batch, calls)
 
     def _late(self, exc: TimeoutError) -> RedisTimeoutError:
         """Our deadline, as the Redis timeout the publishers retry on."""
@@ -134,26 +155,28 @@ class Writer:
         late.__cause__ = exc
         return late
 
-    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _round_trip(self, lane: int, commands: list[tuple[Any, ...]]) -> list[Any]:
         # What redis-py's Pipeline(transaction=False).execute() does, on a connection held
         # for good: a pipeline checks a connection out of the pool for every execute, and the
         # check-out polls the socket under a zero timeout (one more loop pass, a timer and a
         # cancelled read per round trip; about 15 µs of CPU each here). redis-py drops the
         # connection on any error or cancellation mid-reply; the next send reconnects.
-        if self._conn is None:
-            self._conn = await self.redis.connection_pool.get_connection()
-        conn = self._conn
+        conn = self._conns[lane]
+        if conn is None:
+            conn = self._conns[lane] = await self.redis.connection_pool.get_connection()
         await conn.send_packed_command(pack(commands))
         self.round_trips += 1
         if self.counter is not None:
             self.counter.inc()
         return await read_replies(conn, len(commands))
 
-    async def _send(self, batch: list[Source], calls: list[tuple[list[str], list[Any]]]) -> None:
+    async def _send(
+        self, lane: int, batch: list[Source], calls: list[tuple[list[str], list[Any]]]
+    ) -> None:
         commands = [("EVALSHA", self._sha, len(keys), *keys, *args) for keys, args in calls]
         try:
             async with asyncio.timeout(self.timeout):
-                replies = await self._round_trip(commands)
+                replies = await self._round_trip(lane, commands)
         except TimeoutError as exc:  # redis-py dropped the connection when it was cancelled
             for source in batch:
                 source.failed(self._late(exc))
