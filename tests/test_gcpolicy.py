@@ -10,12 +10,13 @@ from collections.abc import Iterator
 import pytest
 
 from tokenspool.gcpolicy import (
-    MIDDLE_THRESHOLD,
     NO_AUTOMATIC_FULL,
+    NO_AUTOMATIC_MIDDLE,
     YOUNG_THRESHOLD,
     FullCollectionPolicy,
     freeze_startup_objects,
     full_collections,
+    survivors,
 )
 from tokenspool.tasks import stop_task
 
@@ -38,7 +39,46 @@ class _Node:
 def test_startup_objects_are_frozen_and_full_passes_left_to_the_timer(restore_gc: None) -> None:
     freeze_startup_objects()
     assert gc.get_freeze_count() > 0
-    assert gc.get_threshold() == (YOUNG_THRESHOLD, MIDDLE_THRESHOLD, NO_AUTOMATIC_FULL)
+    assert gc.get_threshold() == (YOUNG_THRESHOLD, NO_AUTOMATIC_MIDDLE, NO_AUTOMATIC_FULL)
+
+
+def test_young_collections_never_start_an_older_one(restore_gc: None) -> None:
+    freeze_startup_objects()
+    generations: list[int] = []
+
+    def record(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            generations.append(info["generation"])
+
+    gc.callbacks.append(record)
+    try:
+        kept = [[] for _ in range(YOUNG_THRESHOLD * 8)]  # net allocations: ~8 young passes
+    finally:
+        gc.callbacks.remove(record)
+
+    assert generations.count(0) >= 5
+    assert set(generations) == {0}
+    assert len(kept) == YOUNG_THRESHOLD * 8
+
+
+def test_cyclic_garbage_that_outlived_a_young_collection_is_counted_until_a_full_one(
+    restore_gc: None,
+) -> None:
+    freeze_startup_objects()
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    gone = weakref.finalize(a, lambda: None)
+    gc.collect(0)  # still referenced: it survives, out of the young generation
+    del a, b
+    before = survivors()
+    gc.collect(0)
+    gc.collect(0)
+
+    assert gone.alive  # no young collection walks it again
+    assert survivors() == before
+    gc.collect()
+    assert not gone.alive
+    assert survivors() < before
 
 
 async def test_the_timer_collects_cyclic_garbage(restore_gc: None) -> None:
