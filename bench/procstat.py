@@ -90,6 +90,53 @@ class OtherLoad:
         return max(0.0, busy - own) / (time.monotonic() - self._t)
 
 
+class CpuTimeline:
+    """CPU seconds of named processes and of the whole machine, sampled every ``every``
+    seconds (wall-clock stamps, as the clocked provider's), so the cores busy over a window
+    known only afterwards (while every stream ran) can be told apart from the level's
+    average, which includes the ramp."""
+
+    def __init__(self, pids: dict[str, int], every: float = 0.25) -> None:
+        self.pids = pids
+        self.every = every
+        self.samples: list[tuple[float, dict[str, float], float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> CpuTimeline:
+        self.sample()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await stop_task(self._task)
+        self.sample()
+
+    def sample(self) -> None:
+        cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.add(time.time(), cpu, machine_busy_seconds())
+
+    def add(self, at: float, cpu: dict[str, float], machine: float) -> None:
+        self.samples.append((at, cpu, machine))
+
+    def cores(self, lo: float, hi: float, shortest: float = 1.0) -> dict[str, float]:
+        """Cores busy (1.0 = one core) by process, and ``"machine"`` for the whole machine,
+        between the first sample at or after ``lo`` and the last at or before ``hi``; empty
+        if those samples span less than ``shortest`` seconds."""
+        inside = [s for s in self.samples if lo <= s[0] <= hi]
+        if len(inside) < 2 or inside[-1][0] - inside[0][0] < shortest:
+            return {}
+        (t0, cpu0, busy0), (t1, cpu1, busy1) = inside[0], inside[-1]
+        span = t1 - t0
+        cores = {name: (cpu1[name] - cpu0[name]) / span for name in cpu0 if name in cpu1}
+        cores["machine"] = (busy1 - busy0) / span
+        return cores
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            self.sample()
+
+
 class PeakRss:
     """Samples the resident memory of some processes every 0.25 s; keeps each one's peak."""
 

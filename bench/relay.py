@@ -34,6 +34,9 @@ from .stats import Summary
 
 CHUNK_RATE = 20  # chunks per second per stream
 SLOW_RATE = 5  # chunks per second per stream, slow streams
+STEADY_CORES = (
+    "all streams running: CPU cores busy, machine; worker / API / Redis / provider / client"
+)
 MAX_JOBS = 2500  # per worker: every stream of a level runs at once
 _ids = itertools.count()
 
@@ -50,6 +53,8 @@ class Level:
     to_client: Summary
     lag: Summary  # the bench's own event-loop lag
     cores: dict[str, float]  # CPU cores busy, by process
+    # CPU cores busy while every stream ran, by process and "machine" (empty: no such window)
+    steady_cores: dict[str, float]
     elapsed: float  # seconds the level took
     chunks: int  # content chunks received (final attempts)
     redis: dict[str, float]  # INFO counter deltas over the level
@@ -70,6 +75,18 @@ class Level:
         c = self.cores
         worker = sum(v for k, v in c.items() if k.startswith("worker"))
         return f"{worker:.2f} / {c['api']:.2f} / {c['redis']:.2f} / {c['client']:.2f}"
+
+    def steady_cores_cell(self) -> str:
+        """The "while every stream ran: cores busy" cell: the whole machine's (of how many it
+        has), then the worker's, API's, Redis's, provider's and client's."""
+        c = self.steady_cores
+        if not c:
+            return "no such window"
+        worker = sum(v for k, v in c.items() if k.startswith("worker"))
+        parts = (worker, c.get("api", 0.0), c.get("redis", 0.0), c.get("clocked provider", 0.0))
+        return f"{c['machine']:.2f} of {os.cpu_count()}; " + " / ".join(
+            f"{v:.2f}" for v in (*parts, c.get("client", 0.0))
+        )
 
     def failed_cell(self) -> str:
         return f"{len(self.errors)} of {self.streams}"
@@ -140,7 +157,8 @@ async def level(
     cpu.start()
     started = time.monotonic()
     rss = procstat.PeakRss({k: v for k, v in pids.items() if k.startswith("worker") or k == "api"})
-    async with LoopLag() as lag, rss:
+    timeline = procstat.CpuTimeline(pids)
+    async with LoopLag() as lag, rss, timeline:
         outcomes = await asyncio.gather(
             *(_stream(target, p, gate, within=chunks / rate + 120) for p in prompts)
         )
@@ -174,6 +192,7 @@ async def level(
         to_client=Summary.of(to_client),
         lag=lag.summary(),
         cores={k: v / elapsed for k, v in used.items()},
+        steady_cores=timeline.cores(lo, hi) if hi > lo else {},
         elapsed=elapsed,
         chunks=sum(len(log.content_at) for _, log in logs),
         redis={k: after[k] - before.get(k, 0.0) for k in after},
@@ -231,6 +250,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
         [
             "streams",
             "CPU cores: worker / API / Redis / client",
+            STEADY_CORES,
             "CPU µs per chunk: worker / API",
             "Redis round trips per chunk",
             "WRITE scripts per chunk",
@@ -261,6 +281,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
         costs.add(
             lv.streams,
             lv.cores_cell(),
+            lv.steady_cores_cell(),
             f"{us(lv.cpu_per_chunk('worker'))} / {us(lv.cpu_per_chunk('api'))}",
             num(lv.per_chunk("total_reads_processed")),
             num(
@@ -278,6 +299,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
         ctx.put(f"relay.{lv.streams}.max", r.max)
         ctx.put(f"relay.{lv.streams}.steady_p50", st.p50)
         ctx.put(f"relay.{lv.streams}.steady_p99", st.p99)
+        ctx.put(f"relay.{lv.streams}.steady_machine_cores", lv.steady_cores.get("machine"))
         ctx.put(f"relay.{lv.streams}.round_trips_per_chunk", lv.per_chunk("total_reads_processed"))
         ctx.put(f"relay.{lv.streams}.worker_cpu_per_chunk", lv.cpu_per_chunk("worker"))
         for error in sorted(set(lv.errors))[:3]:
@@ -299,7 +321,9 @@ async def run(ctx: Context, result: GroupResult) -> None:
         "(blocked XREAD wake-up, event parse, SSE write) plus the client's read. Client loop "
         "lag is how late the bench's own event loop ran a 10 ms timer meanwhile: the error "
         "bound of its receive timestamps. CPU cores busy are averages over the level "
-        "(1.00 = one core), from /proc/<pid>/stat."
+        "(1.00 = one core), from /proc/<pid>/stat; the window's are over the same window as "
+        "the latency column, from samples every 0.25 s, with the whole machine's busy time "
+        "from /proc/stat: when it nears the number of cores, every hop queues for a CPU."
     )
 
     _slow_table(ctx, result, slow)
@@ -320,6 +344,7 @@ def _slow_table(ctx: Context, result: GroupResult, lv: Level) -> None:
             "worker peak RSS",
             "API peak RSS",
             "CPU cores: worker / API / Redis / client",
+            STEADY_CORES,
             "Redis round trips per chunk",
             "restarted attempts",
             "failed streams",
@@ -334,6 +359,7 @@ def _slow_table(ctx: Context, result: GroupResult, lv: Level) -> None:
         f"{worker_kb / 1024:,.0f} MiB",
         f"{lv.rss_kb.get('api', 0) / 1024:,.0f} MiB",
         lv.cores_cell(),
+        lv.steady_cores_cell(),
         num(lv.per_chunk("total_reads_processed")),
         lv.retries,
         lv.failed_cell(),
@@ -349,6 +375,7 @@ def _slow_table(ctx: Context, result: GroupResult, lv: Level) -> None:
     ctx.put("slow.p99", lv.relay.p99)
     ctx.put("slow.p50", lv.relay.p50)
     ctx.put("slow.steady_p99", lv.steady.p99)
+    ctx.put("slow.steady_machine_cores", lv.steady_cores.get("machine"))
     ctx.put("slow.worker_rss_bytes", worker_kb * 1024)
 
 
@@ -365,6 +392,7 @@ def _floor_table(ctx: Context, result: GroupResult, ours: list[Level], floors: l
             "max",
             "all streams running: p50 / p99",
             "CPU cores: worker / API / Redis / client",
+            STEADY_CORES,
             "CPU µs per chunk: worker / API",
             "tokenspool ÷ minimal: p50 / p99 / CPU µs per chunk worker / API",
             "failed streams",
@@ -381,6 +409,7 @@ def _floor_table(ctx: Context, result: GroupResult, ours: list[Level], floors: l
             ms(r.max),
             f"{ms(st.p50)} / {ms(st.p99)}" if st.n else "none",
             lv.cores_cell(),
+            lv.steady_cores_cell(),
             f"{us(worker)} / {us(api)}",
             " / ".join(
                 times(a / b) if b > 0 else "n/a"
@@ -413,3 +442,4 @@ def _floor_table(ctx: Context, result: GroupResult, ours: list[Level], floors: l
         ctx.put(f"{key}.p99", lv.relay.p99)
         ctx.put(f"{key}.steady_p50", lv.steady.p50)
         ctx.put(f"{key}.steady_p99", lv.steady.p99)
+        ctx.put(f"{key}.steady_machine_cores", lv.steady_cores.get("machine"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,19 +35,26 @@ class Target:
         parts = [self.measured_as]
         window = ctx.get(self.window_key) if self.window_key else None
         if window is not None:
-            parts.append(f"while every stream ran (no job starting): {self.show(window)}")
+            busy = _busy(ctx, self.window_key)
+            parts.append(f"while every stream ran (no job starting): {self.show(window)}{busy}")
         floor = ctx.get(self.floor_key) if self.floor_key else None
         if floor is not None:
             value = ctx.get(self.key)
             ratio = f" (tokenspool {times(value / floor)} that)" if value and floor > 0 else ""
             floor_window = ctx.get(self.floor_key.replace(".p", ".steady_p"))
             also = (
-                f", while every stream ran {self.show(floor_window)}"
+                f", while every stream ran {self.show(floor_window)}{_busy(ctx, self.floor_key)}"
                 if floor_window is not None and window is not None
                 else ""
             )
             parts.append(f"the minimal relay, same run: {self.show(floor)}{ratio}{also}")
         return "; ".join(parts)
+
+
+def _busy(ctx: Context, key: str) -> str:
+    """The machine's cores busy while every stream ran, as a suffix to a relay figure."""
+    cores = ctx.get(key.rsplit(".", 1)[0] + ".steady_machine_cores")
+    return f" (machine: {cores:.2f} of {os.cpu_count()} cores busy)" if cores is not None else ""
 
 
 def _bytes(v: float) -> str:
