@@ -40,15 +40,15 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 lint: install
-	$(BIN)/ruff check tokenspool api worker tests
-	$(BIN)/ruff format --check tokenspool api worker tests
+	$(BIN)/ruff check tokenspool api worker bench tests
+	$(BIN)/ruff format --check tokenspool api worker bench tests
 
 typecheck: install
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format tokenspool api worker tests
-	$(BIN)/ruff check --fix tokenspool api worker tests
+	$(BIN)/ruff format tokenspool api worker bench tests
+	$(BIN)/ruff check --fix tokenspool api worker bench tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
