@@ -20,11 +20,12 @@ from starlette.types import Message, Receive, Scope, Send
 
 from tokenspool.errors import JobNotFoundError
 from tokenspool.events import TERMINAL_TYPES, as_text, entry_json
-from tokenspool.hub import Entry, Hub
+from tokenspool.hub import Hub
 from tokenspool.keys import E_TYPE
 from tokenspool.metrics import ApiMetrics
 from tokenspool.store import JobStore
 from tokenspool.tailer import id_tuple, raise_if_trimmed
+from tokenspool.waits import Entry
 
 log = logging.getLogger(__name__)
 

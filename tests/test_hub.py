@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from tokenspool.connections import connect_reader
 from tokenspool.errors import HubClosedError, JobNotFoundError, StreamGoneError, StreamReadError
 from tokenspool.events import ContentDelta, JobCompleted
-from tokenspool.hub import Entry, Hub
+from tokenspool.hub import Hub
 from tokenspool.jobs import JobRequest
 from tokenspool.keys import Keys
 from tokenspool.scripts import NOTIFY_MAX_BYTES
@@ -25,6 +25,7 @@ from tokenspool.settings import Settings
 from tokenspool.stack import Stack
 from tokenspool.store import JobStore
 from tokenspool.tailer import id_tuple
+from tokenspool.waits import Entry
 
 from .helpers import wait_until
 from .proxy import DroppingProxy

@@ -13,7 +13,8 @@ smallest waiting position, with one non-blocking ``XREAD COUNT STREAMS ...``. On
 flight at a time: notifications that arrive meanwhile are gathered into the next, so reads
 batch themselves under load. Redis then works per entry written, not per open stream.
 The pub/sub side (subscribing to match the consumers, reading the notifications) is
-``subscriptions.Subscriptions``.
+``subscriptions.Subscriptions``; what the hub keeps per job, and how it hands entries to the
+waiting consumers, is ``waits.JobStream``.
 
 It is a pull model as ``tail()`` is: a consumer busy writing to its client is not waiting, so
 nothing is read or held for it, and what it is given is at most one ``COUNT`` batch.
@@ -55,111 +56,25 @@ from .keys import Keys
 from .subscriptions import Subscriptions
 from .tailer import RECONNECT_DELAYS, id_tuple, parse_event_id
 from .tasks import stop_task
+from .waits import (
+    Entry,
+    JobStream,
+    Position,
+    Waiter,
+    notified_entries,
+    notified_position,
+    position_of,
+    stream_id,
+)
 
 log = logging.getLogger(__name__)
 
-Entry = tuple[bytes, dict[bytes, bytes]]  # an XREAD entry, not decoded: (id, fields)
-Position = tuple[int, int]
 _TERMINAL = frozenset(t.encode() for t in TERMINAL_TYPES)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("stream hub: %s stopped", task.get_name(), exc_info=task.exception())
-
-
-def _position(entry_id: bytes) -> Position:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
-
-
-def _stream_id(position: Position) -> str:
-    """``position`` as a stream id (``0`` before the first entry)."""
-    return f"{position[0]}-{position[1]}" if position > (0, 0) else "0"
-
-
-def _after(entries: list[Entry], first: Position, position: Position) -> list[Entry]:
-    """The ``entries`` (in order, the first at ``first``) after ``position``."""
-    if first > position:
-        return entries
-    return [e for e in entries if _position(e[0]) > position]
-
-
-def _notified_position(data: bytes) -> Position | None:
-    """The entry id a script published (``<ms>-<seq>``), or None if it is not one."""
-    ms, dash, seq = data.partition(b"-")
-    if not (dash and ms.isdigit() and seq.isdigit() and len(ms) <= 20 and len(seq) <= 20):
-        return None
-    return int(ms), int(seq)
-
-
-def _ordinal(entry: Entry) -> int | None:
-    """The entry's ordinal in its stream (``n``), if it has one."""
-    raw = entry[1].get(b"n")
-    return int(raw) if raw is not None and raw.isdigit() else None
-
-
-def _notified_entries(data: bytes) -> list[Entry] | None:
-    """The entries a WRITE script published (five lines each: id, n, t, a, d; see
-    ``scripts.WRITE``) as XREAD gives them, or None if ``data`` is not that."""
-    lines = data.split(b"\n")
-    if len(lines) % 5:
-        return None
-    return [
-        (lines[i], {b"n": lines[i + 1], b"t": lines[i + 2], b"a": lines[i + 3], b"d": lines[i + 4]})
-        for i in range(0, len(lines), 5)
-    ]
-
-
-class _Waiter:
-    """One consumer waiting for entries of its stream after ``position``, whose ordinal is
-    ``n`` (0 before the first) if known. One is made per wait, so per event relayed: a plain
-    class with slots, not a dataclass."""
-
-    __slots__ = ("future", "n", "position", "since")
-
-    def __init__(
-        self, position: Position, n: int | None, future: asyncio.Future[list[Entry]]
-    ) -> None:
-        self.position = position
-        self.n = n
-        self.future = future
-        self.since = time.monotonic()
-
-
-class _Stream:
-    """The stream of a job that consumers of this process read, and what is known of its end."""
-
-    __slots__ = ("channel", "consumers", "end", "epoch", "job_id", "job_key", "key", "waiters")
-
-    def __init__(self, job_id: str, keys: Keys) -> None:
-        self.job_id = job_id
-        self.key = keys.events(job_id).encode()  # as XREAD replies name it
-        self.job_key = keys.job(job_id)
-        self.channel = keys.written(job_id).encode()  # as pub/sub messages name it
-        self.consumers = 0  # tail() generators open on it
-        self.waiters: set[_Waiter] = set()
-        # every entry after ``end`` is still to be notified; None: unknown, read to learn it
-        self.end: Position | None = None
-        self.epoch = 0  # bumped when ``end`` is forgotten: a read in flight then teaches nothing
-
-    def forget_end(self) -> None:
-        self.end, self.epoch = None, self.epoch + 1
-
-    def advance(self, top: Position) -> None:
-        """Every entry up to ``top`` was read or notified."""
-        if self.end is None or top > self.end:
-            self.end = top
-
-    def needs_read(self, position: Position) -> bool:
-        return self.end is None or position < self.end
-
-    def fail(self, exc: BaseException) -> None:
-        """Answer every waiter with ``exc``."""
-        for waiter in self.waiters:
-            if not waiter.future.done():
-                waiter.future.set_exception(exc)
-        self.waiters.clear()
 
 
 class Hub:
@@ -197,9 +112,9 @@ class Hub:
         self._subscriptions = Subscriptions(
             reader, self._notified, self._subscribed, listen_timeout=block_ms / 1000
         )
-        self._streams: dict[str, _Stream] = {}  # by job id: the jobs with consumers here
-        self._by_channel: dict[bytes, _Stream] = {}
-        self._due: dict[_Stream, None] = {}  # streams to read next (insertion-ordered set)
+        self._streams: dict[str, JobStream] = {}  # by job id: the jobs with consumers here
+        self._by_channel: dict[bytes, JobStream] = {}
+        self._due: dict[JobStream, None] = {}  # streams to read next (insertion-ordered set)
         self._wake = asyncio.Event()  # something is due
         self._next_sweep = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -280,7 +195,7 @@ class Hub:
                             raise StreamGoneError(
                                 f"job {job_id}: events {expected_n}..{n - 1} were trimmed "
                                 "(stream cap) before this reader got them; it read up to "
-                                f"{_stream_id(position)}"
+                                f"{stream_id(position)}"
                             )
                         expected_n = n + 1
                     else:
@@ -289,24 +204,24 @@ class Hub:
                     if entry[1].get(b"t") in _TERMINAL:
                         yield batch
                         return
-                position = _position(entries[-1][0])
+                position = position_of(entries[-1][0])
                 yield batch
         finally:
             self._close(stream)
 
-    def _open(self, job_id: str) -> _Stream:
+    def _open(self, job_id: str) -> JobStream:
         """Count a consumer of ``job_id``; the first one asks for its channel."""
         if self._closed or not self._tasks or self._tasks[0].done():
             raise HubClosedError("the stream hub is not running")
         stream = self._streams.get(job_id)
         if stream is None:
-            stream = self._streams[job_id] = _Stream(job_id, self.keys)
+            stream = self._streams[job_id] = JobStream(job_id, self.keys)
             self._by_channel[stream.channel] = stream
             self._subscriptions.want(stream.channel)
         stream.consumers += 1
         return stream
 
-    def _close(self, stream: _Stream) -> None:
+    def _close(self, stream: JobStream) -> None:
         stream.consumers -= 1
         if stream.consumers == 0 and self._streams.get(stream.job_id) is stream:
             del self._streams[stream.job_id]
@@ -315,14 +230,14 @@ class Hub:
             self._subscriptions.drop(stream.channel)
 
     async def _next(
-        self, stream: _Stream, position: Position, n: int | None, *, catch_up: bool
+        self, stream: JobStream, position: Position, n: int | None, *, catch_up: bool
     ) -> list[Entry]:
         """Wait for the entries of ``stream`` after ``position``, whose ordinal is ``n`` if
         known (empty: none for a while)."""
         if self._closed or self._tasks[0].done():
             raise HubClosedError("the stream hub is not running")
         future: asyncio.Future[list[Entry]] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(position, n, future)
+        waiter = Waiter(position, n, future)
         stream.waiters.add(waiter)
         if catch_up:  # whatever is known of the end was learnt without this consumer
             self.catch_ups += 1
@@ -393,13 +308,13 @@ class Hub:
     async def _read(self) -> None:
         """One non-blocking XREAD of the due streams, each after its smallest waiting position;
         each waiter gets the entries after its own position."""
-        plan: list[tuple[_Stream, Position, int]] = []
+        plan: list[tuple[JobStream, Position, int]] = []
         afters: list[str] = []
         for stream in self._due:
             if any(stream.needs_read(w.position) for w in stream.waiters):
                 first = min(stream.waiters, key=lambda w: w.position)
                 plan.append((stream, first.position, stream.epoch))
-                afters.append(_stream_id(first.position))
+                afters.append(stream_id(first.position))
         self._due.clear()
         if not plan:
             return
@@ -422,7 +337,7 @@ class Hub:
         self._dispatch_reply(plan, reply)
 
     async def _xread(
-        self, plan: list[tuple[_Stream, Position, int]], afters: list[str]
+        self, plan: list[tuple[JobStream, Position, int]], afters: list[str]
     ) -> list[Any] | None:
         self.reads += 1
         self.streams_read += len(plan)
@@ -446,7 +361,7 @@ class Hub:
         return reply
 
     def _dispatch_reply(
-        self, plan: list[tuple[_Stream, Position, int]], reply: list[Any] | None
+        self, plan: list[tuple[JobStream, Position, int]], reply: list[Any] | None
     ) -> None:
         got = {
             name: [(entry_id, dict(zip(f[::2], f[1::2], strict=True))) for entry_id, f in raw]
@@ -455,7 +370,7 @@ class Hub:
         for stream, read_from, epoch in plan:
             self._dispatch(stream, read_from, epoch, got.get(stream.key, []))
 
-    def _fail_stream(self, stream: _Stream, refused: ResponseError) -> None:
+    def _fail_stream(self, stream: JobStream, refused: ResponseError) -> None:
         """Answer the waiters of a stream whose read Redis refused with that error."""
         exc = StreamReadError(f"job {stream.job_id}: Redis refused to read its events: {refused}")
         exc.__cause__ = refused
@@ -463,26 +378,15 @@ class Hub:
         stream.fail(exc)
 
     def _dispatch(
-        self, stream: _Stream, read_from: Position, epoch: int, entries: list[Entry]
+        self, stream: JobStream, read_from: Position, epoch: int, entries: list[Entry]
     ) -> None:
         full = len(entries) >= self.count
         if full:
             stream.end = None  # the stream may go on after this batch
         elif stream.epoch == epoch:
             # the read saw the stream's end: anything after it comes with a notification
-            stream.advance(_position(entries[-1][0]) if entries else read_from)
-        if not entries:
-            return
-        first = _position(entries[0][0])
-        # a waiter behind the position the stream was read from (it came after the read was
-        # sent) gets nothing from this read: the entries in between are not in it
-        for waiter in list(stream.waiters):
-            if waiter.future.done() or waiter.position < read_from:
-                continue
-            mine = _after(entries, first, waiter.position)
-            if mine:
-                waiter.future.set_result(mine)
-                stream.waiters.discard(waiter)
+            stream.advance(position_of(entries[-1][0]) if entries else read_from)
+        stream.give(entries, read_from)
         # the others are caught up: a notification (handled meanwhile or to come) or a
         # forgotten end already made the stream due again if it is not; a full batch did not
         if full and stream.waiters:
@@ -528,36 +432,21 @@ class Hub:
         if stream is None:
             return  # a job whose consumers left (its UNSUBSCRIBE is on its way)
         self.notifications += 1
-        entries = _notified_entries(data) if b"\n" in data else None
-        top = _notified_position(entries[-1][0] if entries else data)
+        entries = notified_entries(data) if b"\n" in data else None
+        top = notified_position(entries[-1][0] if entries else data)
         if top is None:
             log.warning("stream hub: job %s: bad notification %r", stream.job_id, data[:200])
             stream.forget_end()
         else:
             if entries and stream.waiters:
-                first = top if len(entries) == 1 else _position(entries[0][0])
-                self._hand_over(stream, entries, first)
+                first = top if len(entries) == 1 else position_of(entries[0][0])
+                self.handed_over += stream.hand_over(entries, first)
             stream.advance(top)
         for waiter in stream.waiters:
             if top is None or waiter.position < top:
                 self._due[stream] = None
                 self._wake.set()
                 return
-
-    def _hand_over(self, stream: _Stream, entries: list[Entry], first: Position) -> None:
-        """Give the notified ``entries`` to each waiter they follow with no gap: the first one
-        after the waiter's position has the ordinal after the waiter's last (``n`` counts a
-        stream's entries from 1, and the waiter knows the ordinal it is at). Any other waiter
-        (behind, so some entries in between were not notified to it, or at an unknown ordinal)
-        is read for, as before. ``first``: the position of the first entry."""
-        for waiter in list(stream.waiters):
-            if waiter.n is None or waiter.future.done():
-                continue
-            mine = _after(entries, first, waiter.position)  # a read may have got some first
-            if mine and _ordinal(mine[0]) == waiter.n + 1:
-                waiter.future.set_result(mine)
-                stream.waiters.discard(waiter)
-                self.handed_over += len(mine)
 
     def _subscribed(self, channel: bytes) -> None:
         """Entries written before the subscription took effect were not notified."""

@@ -1,0 +1,75 @@
+"""What the stream hub keeps per job: hand-overs from notifications and reads to waiters."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tokenspool.keys import Keys
+from tokenspool.waits import (
+    Entry,
+    JobStream,
+    Waiter,
+    notified_entries,
+    notified_position,
+    position_of,
+)
+
+
+def _entry(ms: int, n: int) -> Entry:
+    return (f"{ms}-0".encode(), {b"n": str(n).encode(), b"t": b"content.delta"})
+
+
+async def _waiting(stream: JobStream, ms: int, n: int | None) -> Waiter:
+    waiter = Waiter((ms, 0), n, asyncio.get_running_loop().create_future())
+    stream.waiters.add(waiter)
+    return waiter
+
+
+def test_notified_entries_come_back_as_xread_gives_them() -> None:
+    data = b"\n".join([b"5-0", b"3", b"content.delta", b"1", b"{}", b"6-0", b"4", b"x", b"1", b""])
+    assert notified_entries(data) == [
+        (b"5-0", {b"n": b"3", b"t": b"content.delta", b"a": b"1", b"d": b"{}"}),
+        (b"6-0", {b"n": b"4", b"t": b"x", b"a": b"1", b"d": b""}),
+    ]
+    assert notified_entries(b"5-0\n3\nx") is None  # not five lines per entry
+    assert notified_position(b"12-3") == (12, 3) == position_of(b"12-3")
+    assert notified_position(b"hello") is None
+
+
+async def test_a_hand_over_goes_only_to_waiters_the_entries_follow_with_no_gap() -> None:
+    stream = JobStream("job", Keys())
+    caught_up = await _waiting(stream, 20, 2)  # has entries 1 and 2
+    behind = await _waiting(stream, 10, 1)  # missed entry 2, which was not notified to it
+    unknown = await _waiting(stream, 20, None)  # ordinal unknown: cannot check for a gap
+    entries = [_entry(30, 3), _entry(40, 4)]
+
+    handed = stream.hand_over(entries, (30, 0))
+
+    assert handed == 2
+    assert caught_up.future.result() == entries
+    assert not behind.future.done() and not unknown.future.done()
+    assert stream.waiters == {behind, unknown}  # left for a read
+
+
+async def test_a_read_gives_each_waiter_the_entries_after_its_position() -> None:
+    stream = JobStream("job", Keys())
+    at_start = await _waiting(stream, 20, None)
+    further = await _waiting(stream, 30, None)
+    newer = await _waiting(stream, 40, None)  # nothing in the read is after it
+    early = await _waiting(stream, 10, None)  # behind where the stream was read from
+    entries = [_entry(30, 3), _entry(40, 4)]
+
+    stream.give(entries, read_from=(20, 0))
+
+    assert at_start.future.result() == entries
+    assert further.future.result() == entries[1:]
+    assert not newer.future.done() and not early.future.done()
+    assert stream.waiters == {newer, early}
+
+
+async def test_failing_a_stream_answers_and_forgets_every_waiter() -> None:
+    stream = JobStream("job", Keys())
+    waiters = [await _waiting(stream, ms, None) for ms in (10, 20)]
+    stream.fail(RuntimeError("gone"))
+    assert all(isinstance(w.future.exception(), RuntimeError) for w in waiters)
+    assert not stream.waiters

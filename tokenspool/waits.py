@@ -1,0 +1,147 @@
+"""What the stream hub keeps per job, and the entries it hands its consumers.
+
+A ``JobStream`` is one job's stream as the consumers of a process read it: the ``Waiter`` of
+each consumer waiting for entries after its position, and an ``end`` before which every entry
+was read or notified. Entries are XREAD's, not decoded. The worker's WRITE script publishes the
+entries it appended (``scripts.WRITE``: five lines each); ``notified_entries`` gives them back
+as XREAD would. An entry's ``n`` field (its ordinal in the stream, from 1) lets a hand-over
+check that no entry was skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from .keys import Keys
+
+Entry = tuple[bytes, dict[bytes, bytes]]  # an XREAD entry, not decoded: (id, fields)
+Position = tuple[int, int]
+
+
+def position_of(entry_id: bytes) -> Position:
+    """An entry id (``<ms>-<seq>``) as a position, ordered as Redis orders ids."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def stream_id(position: Position) -> str:
+    """``position`` as a stream id (``0`` before the first entry)."""
+    return f"{position[0]}-{position[1]}" if position > (0, 0) else "0"
+
+
+def entries_after(entries: list[Entry], first: Position, position: Position) -> list[Entry]:
+    """The ``entries`` (in order, the first at ``first``) after ``position``."""
+    if first > position:
+        return entries
+    return [e for e in entries if position_of(e[0]) > position]
+
+
+def notified_position(data: bytes) -> Position | None:
+    """The entry id a script published (``<ms>-<seq>``), or None if it is not one."""
+    ms, dash, seq = data.partition(b"-")
+    if not (dash and ms.isdigit() and seq.isdigit() and len(ms) <= 20 and len(seq) <= 20):
+        return None
+    return int(ms), int(seq)
+
+
+def ordinal(entry: Entry) -> int | None:
+    """The entry's ordinal in its stream (``n``), if it has one."""
+    raw = entry[1].get(b"n")
+    return int(raw) if raw is not None and raw.isdigit() else None
+
+
+def notified_entries(data: bytes) -> list[Entry] | None:
+    """The entries a WRITE script published (five lines each: id, n, t, a, d; see
+    ``scripts.WRITE``) as XREAD gives them, or None if ``data`` is not that."""
+    lines = data.split(b"\n")
+    if len(lines) % 5:
+        return None
+    return [
+        (lines[i], {b"n": lines[i + 1], b"t": lines[i + 2], b"a": lines[i + 3], b"d": lines[i + 4]})
+        for i in range(0, len(lines), 5)
+    ]
+
+
+class Waiter:
+    """One consumer waiting for entries of its stream after ``position``, whose ordinal is
+    ``n`` (0 before the first) if known. One is made per wait, so per event relayed: a plain
+    class with slots, not a dataclass."""
+
+    __slots__ = ("future", "n", "position", "since")
+
+    def __init__(
+        self, position: Position, n: int | None, future: asyncio.Future[list[Entry]]
+    ) -> None:
+        self.position = position
+        self.n = n
+        self.future = future
+        self.since = time.monotonic()
+
+
+class JobStream:
+    """The stream of a job that consumers of this process read, and what is known of its end."""
+
+    __slots__ = ("channel", "consumers", "end", "epoch", "job_id", "job_key", "key", "waiters")
+
+    def __init__(self, job_id: str, keys: Keys) -> None:
+        self.job_id = job_id
+        self.key = keys.events(job_id).encode()  # as XREAD replies name it
+        self.job_key = keys.job(job_id)
+        self.channel = keys.written(job_id).encode()  # as pub/sub messages name it
+        self.consumers = 0  # tail() generators open on it
+        self.waiters: set[Waiter] = set()
+        # every entry after ``end`` is still to be notified; None: unknown, read to learn it
+        self.end: Position | None = None
+        self.epoch = 0  # bumped when ``end`` is forgotten: a read in flight then teaches nothing
+
+    def forget_end(self) -> None:
+        self.end, self.epoch = None, self.epoch + 1
+
+    def advance(self, top: Position) -> None:
+        """Every entry up to ``top`` was read or notified."""
+        if self.end is None or top > self.end:
+            self.end = top
+
+    def needs_read(self, position: Position) -> bool:
+        return self.end is None or position < self.end
+
+    def fail(self, exc: BaseException) -> None:
+        """Answer every waiter with ``exc``."""
+        for waiter in self.waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(exc)
+        self.waiters.clear()
+
+    def give(self, entries: list[Entry], read_from: Position) -> None:
+        """Answer each waiter with the read ``entries`` (read after ``read_from``) after its
+        position. A waiter behind ``read_from`` (it came after the read was sent) gets
+        nothing from this read: the entries in between are not in it."""
+        if not entries:
+            return
+        first = position_of(entries[0][0])
+        for waiter in list(self.waiters):
+            if waiter.future.done() or waiter.position < read_from:
+                continue
+            mine = entries_after(entries, first, waiter.position)
+            if mine:
+                waiter.future.set_result(mine)
+                self.waiters.discard(waiter)
+
+    def hand_over(self, entries: list[Entry], first: Position) -> int:
+        """Give the notified ``entries`` to each waiter they follow with no gap: the first one
+        after the waiter's position has the ordinal after the waiter's last (``n`` counts a
+        stream's entries from 1, and the waiter knows the ordinal it is at). Any other waiter
+        (behind, so some entries in between were not notified to it, or at an unknown ordinal)
+        is left to a read. ``first``: the position of the first entry. Returns how many
+        entries were handed over, counting each waiter's."""
+        handed = 0
+        for waiter in list(self.waiters):
+            if waiter.n is None or waiter.future.done():
+                continue
+            mine = entries_after(entries, first, waiter.position)  # a read may have got some first
+            if mine and ordinal(mine[0]) == waiter.n + 1:
+                waiter.future.set_result(mine)
+                self.waiters.discard(waiter)
+                handed += len(mine)
+        return handed
