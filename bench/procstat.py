@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
+from typing import Self
 
 from tokenspool.tasks import stop_task
 
@@ -90,7 +91,31 @@ class OtherLoad:
         return max(0.0, busy - own) / (time.monotonic() - self._t)
 
 
-class CpuTimeline:
+class _Sampler:
+    """Calls ``sample()`` on entering, every ``every`` seconds meanwhile, and on leaving."""
+
+    every = 0.25
+    _task: asyncio.Task[None] | None = None
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self.sample()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await stop_task(self._task)
+        self.sample()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            self.sample()
+
+
+class CpuTimeline(_Sampler):
     """CPU seconds of named processes and of the whole machine, sampled every ``every``
     seconds (wall-clock stamps, as the clocked provider's), so the cores busy over a window
     known only afterwards (while every stream ran) can be told apart from the level's
@@ -100,16 +125,6 @@ class CpuTimeline:
         self.pids = pids
         self.every = every
         self.samples: list[tuple[float, dict[str, float], float]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> CpuTimeline:
-        self.sample()
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await stop_task(self._task)
-        self.sample()
 
     def sample(self) -> None:
         cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
@@ -131,34 +146,14 @@ class CpuTimeline:
         cores["machine"] = (busy1 - busy0) / span
         return cores
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.every)
-            self.sample()
 
-
-class PeakRss:
+class PeakRss(_Sampler):
     """Samples the resident memory of some processes every 0.25 s; keeps each one's peak."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self.peak_kb = dict.fromkeys(pids, 0)
-        self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> PeakRss:
-        self._sample()
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await stop_task(self._task)
-        self._sample()
-
-    def _sample(self) -> None:
+    def sample(self) -> None:
         for name, pid in self.pids.items():
             self.peak_kb[name] = max(self.peak_kb[name], status_kb(pid, "VmRSS"))
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(0.25)
-            self._sample()

@@ -25,11 +25,23 @@ class DroppingProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def forward(self, data: bytes, request: bool, connection: dict[str, bool]) -> bool:
+        """Whether to pass ``data`` on (a request from the client when ``request``, else a reply
+        to it); it may wait first. ``connection``: per-connection state for subclasses."""
+        return True
+
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: bool,
+        connection: dict[str, bool],
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
+                if await self.forward(data, request, connection):
+                    writer.write(data)
+                    await writer.drain()
         with contextlib.suppress(ConnectionError, OSError, RuntimeError):
             writer.close()
 
@@ -42,7 +54,11 @@ class DroppingProxy:
             return
         self._writers |= {writer, up_writer}
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            connection: dict[str, bool] = {}
+            await asyncio.gather(
+                self._pipe(reader, up_writer, True, connection),
+                self._pipe(up_reader, writer, False, connection),
+            )
         finally:
             self._writers -= {writer, up_writer}
 

@@ -294,46 +294,22 @@ async def test_round_trip_past_its_deadline_is_sent_again(
         await black_hole.wait_closed()
 
 
-class MutingProxy:
-    """Forwards to Redis; while ``mute`` is set, Redis's replies are dropped (requests pass)."""
+class MutingProxy(DroppingProxy):
+    """Forwards to Redis; while ``mute`` is set, replies are dropped (the requests still go)."""
 
     def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
+        super().__init__(target_port)
         self.mute = False
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, muted: bool) -> None:
-            with contextlib.suppress(ConnectionError, OSError):
-                while data := await src.read(65536):
-                    if not (muted and self.mute):
-                        dst.write(data)
-                        await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
-
-    async def stop(self) -> None:
-        for writer in self._writers:
-            writer.transport.abort()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+    async def forward(self, data: bytes, request: bool, connection: dict[str, bool]) -> bool:
+        return request or not self.mute
 
 
 async def test_write_applied_but_unanswered_is_sent_again_with_its_seq_and_applied_once(
     settings: Settings, store: JobStore, redis: Redis
 ) -> None:
     proxy = MutingProxy(redis_port_of(settings))
-    port = await proxy.start()
+    port = (await proxy.start()).port
     via_settings = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
     via = connect(via_settings, caller_bounds_waits=True)
     writer = Writer(JobStore(via, via_settings), via, timeout=0.3)
@@ -359,55 +335,24 @@ async def test_write_applied_but_unanswered_is_sent_again_with_its_seq_and_appli
         await proxy.stop()
 
 
-class HoldingProxy:
+class HoldingProxy(DroppingProxy):
     """Forwards to Redis; once a connection sends a request that contains ``marker``, its
     replies wait until ``release()``."""
 
     def __init__(self, target_port: int, marker: bytes) -> None:
-        self.target_port = target_port
+        super().__init__(target_port)
         self.marker = marker
         self._released = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return int(self._server.sockets[0].getsockname()[1])
 
     def release(self) -> None:
         self._released.set()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers |= {writer, up_writer}
-        held = False
-
-        async def requests() -> None:
-            nonlocal held
-            with contextlib.suppress(ConnectionError, OSError):
-                while data := await reader.read(65536):
-                    held = held or self.marker in data
-                    up_writer.write(data)
-                    await up_writer.drain()
-            up_writer.close()
-
-        async def replies() -> None:
-            with contextlib.suppress(ConnectionError, OSError):
-                while data := await up_reader.read(65536):
-                    if held:
-                        await self._released.wait()
-                    writer.write(data)
-                    await writer.drain()
-            writer.close()
-
-        await asyncio.gather(requests(), replies())
-
-    async def stop(self) -> None:
-        for writer in self._writers:
-            writer.transport.abort()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+    async def forward(self, data: bytes, request: bool, connection: dict[str, bool]) -> bool:
+        if request:
+            connection["held"] = connection.get("held", False) or self.marker in data
+        elif connection.get("held"):
+            await self._released.wait()
+        return True
 
 
 async def test_a_write_goes_out_on_a_free_lane_while_another_round_trip_awaits_its_reply(
@@ -415,7 +360,7 @@ async def test_a_write_goes_out_on_a_free_lane_while_another_round_trip_awaits_i
 ) -> None:
     await redis.script_load(scripts.WRITE)
     proxy = HoldingProxy(redis_port_of(settings), marker=b"held")
-    port = await proxy.start()
+    port = (await proxy.start()).port
     via_settings = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
     via = connect(via_settings, caller_bounds_waits=True)
     writer = Writer(JobStore(via, via_settings), via, timeout=60, lanes=2)
