@@ -34,7 +34,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,bench]"
 	touch $(BENCH_STAMP)
 
-# every benchmark in one run (~5 min); writes docs/benchmarks.md and docs/benchmarks.png.
+# every benchmark in one run (~6 min); writes docs/benchmarks.md and docs/benchmarks.png.
 # `$(BIN)/python -m bench --quick` is a ~2 min smoke check, `--only NAME` runs one group
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench

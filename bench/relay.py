@@ -207,7 +207,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
     stack = ctx.stack()
     # one worker that may run every stream at once (the default max_jobs is 256)
     stack.set_workers(1, {"TOKENSPOOL_MAX_JOBS": str(MAX_JOBS)})
-    counts = ctx.size([10, 50, 100, 200, 500], [10, 50])
+    counts = ctx.size([10, 50, 100, 200, 300, 400, 500], [10, 50])
     chunks = ctx.size(160, 60)
     slow_streams, slow_chunks = ctx.size(2000, 200), ctx.size(200, 30)
     driver = Driver(stack)
