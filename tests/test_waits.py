@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from tokenspool.errors import StreamGoneError
 from tokenspool.keys import Keys
 from tokenspool.waits import (
+    Cursor,
     Entry,
     JobStream,
     Waiter,
@@ -73,3 +77,18 @@ async def test_failing_a_stream_answers_and_forgets_every_waiter() -> None:
     stream.fail(RuntimeError("gone"))
     assert all(isinstance(w.future.exception(), RuntimeError) for w in waiters)
     assert not stream.waiters
+
+
+def test_a_cursor_takes_entries_up_to_the_terminal_one_and_moves_past_the_rest() -> None:
+    cursor = Cursor("job", (0, 0), 1)
+    first = [_entry(10, 1), _entry(20, 2)]
+    assert cursor.take(first) == (first, False)
+    assert (cursor.position, cursor.got) == ((20, 0), 2)
+    done = (b"40-0", {b"n": b"4", b"t": b"job.completed"})
+    assert cursor.take([_entry(30, 3), done, _entry(50, 5)]) == ([_entry(30, 3), done], True)
+
+
+def test_a_cursor_refuses_entries_whose_ordinals_jump() -> None:
+    cursor = Cursor("job", (20, 0), 3)
+    with pytest.raises(StreamGoneError, match=r"events 3\.\.4 were trimmed.*read up to 20-0"):
+        cursor.take([_entry(50, 5)])

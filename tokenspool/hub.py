@@ -48,15 +48,14 @@ from .errors import (
     REDIS_UNREACHABLE,
     HubClosedError,
     JobNotFoundError,
-    StreamGoneError,
     StreamReadError,
 )
-from .events import TERMINAL_TYPES
 from .keys import Keys
 from .subscriptions import Subscriptions
 from .tailer import RECONNECT_DELAYS, id_tuple, parse_event_id
 from .tasks import stop_task
 from .waits import (
+    Cursor,
     Entry,
     JobStream,
     Position,
@@ -68,8 +67,6 @@ from .waits import (
 )
 
 log = logging.getLogger(__name__)
-
-_TERMINAL = frozenset(t.encode() for t in TERMINAL_TYPES)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
@@ -175,37 +172,19 @@ class Hub:
         before they were read), ``JobNotFoundError`` when the keys expire while it waits, and
         the Redis error when Redis stays unreachable for ``reconnect_timeout``."""
         last = parse_event_id(after)
-        position = id_tuple(last)
-        expected_n: int | None = 1 if last == "0" else None
+        cursor = Cursor(job_id, id_tuple(last), 1 if last == "0" else None)
         stream = self._open(job_id)
         try:
             first = True
             while True:
-                known = expected_n - 1 if expected_n is not None else None
-                entries = await self._next(stream, position, known, catch_up=first)
+                entries = await self._next(stream, cursor.position, cursor.got, catch_up=first)
                 first = False
                 if not entries:
                     continue  # the keys still exist after a while: wait again
-                batch: list[Entry] = []
-                for entry in entries:
-                    raw_n = entry[1].get(b"n")
-                    if raw_n is not None:
-                        n = int(raw_n)
-                        if expected_n is not None and n != expected_n:
-                            raise StreamGoneError(
-                                f"job {job_id}: events {expected_n}..{n - 1} were trimmed "
-                                "(stream cap) before this reader got them; it read up to "
-                                f"{stream_id(position)}"
-                            )
-                        expected_n = n + 1
-                    else:
-                        expected_n = None  # an entry without an ordinal: nothing to check by
-                    batch.append(entry)
-                    if entry[1].get(b"t") in _TERMINAL:
-                        yield batch
-                        return
-                position = position_of(entries[-1][0])
+                batch, ended = cursor.take(entries)
                 yield batch
+                if ended:
+                    return
         finally:
             self._close(stream)
 

@@ -5,7 +5,8 @@ each consumer waiting for entries after its position, and an ``end`` before whic
 was read or notified. Entries are XREAD's, not decoded. The worker's WRITE script publishes the
 entries it appended (``scripts.WRITE``: five lines each); ``notified_entries`` gives them back
 as XREAD would. An entry's ``n`` field (its ordinal in the stream, from 1) lets a hand-over
-check that no entry was skipped.
+check that no entry was skipped, and a consumer's ``Cursor`` that none was trimmed before it
+got there.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+from .errors import StreamGoneError
+from .events import TERMINAL_TYPES
 from .keys import Keys
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # an XREAD entry, not decoded: (id, fields)
 Position = tuple[int, int]
+_TERMINAL = frozenset(t.encode() for t in TERMINAL_TYPES)
 
 
 def position_of(entry_id: bytes) -> Position:
@@ -61,6 +65,47 @@ def notified_entries(data: bytes) -> list[Entry] | None:
         (lines[i], {b"n": lines[i + 1], b"t": lines[i + 2], b"a": lines[i + 3], b"d": lines[i + 4]})
         for i in range(0, len(lines), 5)
     ]
+
+
+class Cursor:
+    """A consumer's place in a job's stream: the ``position`` of the last entry it got, and the
+    ordinal (``n``) the next one must carry, if known."""
+
+    __slots__ = ("expected_n", "job_id", "position")
+
+    def __init__(self, job_id: str, position: Position, expected_n: int | None) -> None:
+        self.job_id = job_id
+        self.position = position
+        self.expected_n = expected_n
+
+    @property
+    def got(self) -> int | None:
+        """The ordinal of the last entry got (0 before the first), if known."""
+        return self.expected_n - 1 if self.expected_n is not None else None
+
+    def take(self, entries: list[Entry]) -> tuple[list[Entry], bool]:
+        """The ``entries`` (the next ones after ``position``) up to and including the job's
+        terminal one, and whether it was among them. Raises ``StreamGoneError`` when ordinals
+        jump: entries were trimmed (stream cap) before this consumer got them."""
+        batch: list[Entry] = []
+        for entry in entries:
+            raw_n = entry[1].get(b"n")
+            if raw_n is not None:
+                n = int(raw_n)
+                if self.expected_n is not None and n != self.expected_n:
+                    raise StreamGoneError(
+                        f"job {self.job_id}: events {self.expected_n}..{n - 1} were trimmed "
+                        "(stream cap) before this reader got them; it read up to "
+                        f"{stream_id(self.position)}"
+                    )
+                self.expected_n = n + 1
+            else:
+                self.expected_n = None  # an entry without an ordinal: nothing to check by
+            batch.append(entry)
+            if entry[1].get(b"t") in _TERMINAL:
+                return batch, True
+        self.position = position_of(entries[-1][0])
+        return batch, False
 
 
 class Waiter:
