@@ -133,6 +133,11 @@ class CpuTimeline(_Sampler):
     def add(self, at: float, cpu: dict[str, float], machine: float) -> None:
         self.samples.append((at, cpu, machine))
 
+    def used(self) -> dict[str, float]:
+        """CPU seconds of each process from the first sample to the last."""
+        (_, first, _), (_, last, _) = self.samples[0], self.samples[-1]
+        return {name: last[name] - first[name] for name in first}
+
     def cores(self, lo: float, hi: float, shortest: float = 1.0) -> dict[str, float]:
         """Cores busy (1.0 = one core) by process, and ``"machine"`` for the whole machine,
         between the first sample at or after ``lo`` and the last at or before ``hi``; empty

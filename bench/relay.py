@@ -151,10 +151,8 @@ async def level(
     ]
     pids = dict(target.pids)
     pids["client"] = os.getpid()
-    cpu = procstat.CpuMeter(pids)
     gate = asyncio.Semaphore(32)
     before = await redis_counters(driver)
-    cpu.start()
     started = time.monotonic()
     rss = procstat.PeakRss({k: v for k, v in pids.items() if k.startswith("worker") or k == "api"})
     timeline = procstat.CpuTimeline(pids)
@@ -163,7 +161,7 @@ async def level(
             *(_stream(target, p, gate, within=chunks / rate + 120) for p in prompts)
         )
     elapsed = time.monotonic() - started
-    used = cpu.stop()
+    used = timeline.used()
     after = await redis_counters(driver)
     sends = await driver.clocked_sends()
 

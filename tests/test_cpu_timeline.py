@@ -35,6 +35,10 @@ def test_cores_over_the_whole_run_average_in_the_idle_stretches() -> None:
     assert cores == pytest.approx({"api": 0.25, "worker 1": 0.5, "machine": 0.9})
 
 
+def test_cpu_used_counts_from_the_first_sample_to_the_last() -> None:
+    assert _timeline().used() == pytest.approx({"api": 2.0, "worker 1": 4.0})
+
+
 def test_a_window_with_too_few_samples_has_no_figure() -> None:
     timeline = _timeline()
     assert timeline.cores(10.5, 13.0) == {}  # one sample inside
