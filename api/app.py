@@ -34,6 +34,7 @@ from tokenspool.settings import Settings
 from tokenspool.store import JobStore, events_url
 from tokenspool.tailer import parse_event_id
 from tokenspool.tasks import stop_task
+from tokenspool.waits import Entry
 
 from .instrumentation import ErrorCounter
 from .limits import BodySizeLimit, request_limit_problem
@@ -239,24 +240,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         hub = hub_of(request)
 
+        job_json = json.dumps(job_id).encode()
+
+        def push(batch: list[Entry]) -> bool:
+            """Relay a batch handed over while the stream's task waits, if the connection
+            takes it at once (``Hub.tail``)."""
+            if not response.send_now(sse_frames(job_id, batch, job_json)):
+                return False
+            metrics.relayed_batch("sse", [entry_id for entry_id, _ in batch], head.last)
+            return True
+
         async def stream() -> AsyncIterator[bytes]:
             if head.ended_by(start):
                 return  # resumed at or after the terminal event: nothing is left
-            job_json = json.dumps(job_id).encode()
             with tracked(metrics, "sse", start):
-                batches = hub.tail(job_id, start)
+                batches = hub.tail(job_id, start, push=push)
                 async with aclosing(batches):
                     async for batch in batches:
                         # one write per batch, straight from the entries (no pydantic)
                         yield sse_frames(job_id, batch, job_json)
                         metrics.relayed_batch("sse", [entry_id for entry_id, _ in batch], head.last)
 
-        return EventStream(
+        response = EventStream(
             stream(),
             ping=settings.heartbeat_seconds,
             send_timeout=settings.send_timeout_seconds,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+        return response
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

@@ -6,10 +6,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from redis.exceptions import ResponseError
@@ -82,12 +82,14 @@ class EventStream(EventSourceResponse):
         self._sending = 0  # sends in progress (a heartbeat can overlap an event)
         self._busy_since = 0.0  # when the sends in progress began
         self._body_send: Send | None = None
+        self._sends_at_once = False  # whether the server's send completes without waiting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"].upper() == "HEAD":
             await super().__call__(scope, receive, send)  # no stream to run
             return
         self._body_send = scope.get(SERVER_SEND)
+        self._sends_at_once = _sends_at_once(self._body_send)
         ending = [
             asyncio.create_task(self._stream_response(send)),
             asyncio.create_task(self._listen_for_exit_signal_with_grace()),
@@ -123,6 +125,29 @@ class EventStream(EventSourceResponse):
                 failure = None
         if self.background is not None:
             await self.background()
+
+    def send_now(self, body: bytes) -> bool:
+        """Send ``body`` from the caller's task, without waiting: True once it was handed to
+        the connection, False (nothing sent) when it must go through the stream's task:
+        another send is in progress, the stream ended, or the client is behind (the server
+        would wait for its socket to drain).
+
+        Only for uvicorn's HTTP protocols, whose ``send`` first waits for a paused socket to
+        drain and otherwise writes without waiting: the send is stepped once, and if it
+        waits, it is closed there, before it wrote anything."""
+        if not self._sends_at_once or self._sending or not self.active:
+            return False
+        assert self._body_send is not None  # _sends_at_once checked it
+        step = cast(
+            Coroutine[Any, Any, None],
+            self._body_send({"type": "http.response.body", "body": body, "more_body": True}),
+        )
+        try:
+            step.send(None)
+        except StopIteration:
+            return True
+        step.close()  # it waits for the socket to drain: the stream's task sends instead
+        return False
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         if self._body_send is not None and message["type"] == "http.response.body":
@@ -171,6 +196,19 @@ class EventStream(EventSourceResponse):
             await anyio.sleep(self._limit / 4)
             if self._sending and time.monotonic() - self._busy_since > self._limit:
                 raise SendTimeoutError()
+
+
+def _sends_at_once(send: Send | None) -> bool:
+    """Whether ``send`` is uvicorn's own (``EventStream.send_now``)."""
+    server = getattr(send, "__self__", None)
+    return type(server).__module__ in _UVICORN_PROTOCOLS and type(server).__name__ == (
+        "RequestResponseCycle"
+    )
+
+
+_UVICORN_PROTOCOLS = frozenset(
+    {"uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.http.h11_impl"}
+)
 
 
 def _failed(done: set[asyncio.Task[None]]) -> bool:

@@ -190,3 +190,79 @@ async def test_a_finished_or_abandoned_stream_leaves_no_reference_cycles_behind(
     finally:
         server.should_exit = True
         await task
+
+
+async def test_sending_now_writes_at_once_until_the_client_falls_behind_then_declines() -> None:
+    """``EventStream.send_now`` (the stream hub's pushes) writes without the stream's task
+    while the socket takes data, and declines, writing nothing, once uvicorn would have to
+    wait for the client: every frame it accepted arrives, once, before what the task sends
+    after."""
+    responses: list[EventStream] = []
+    release = asyncio.Event()
+
+    async def events(request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            await release.wait()
+            yield b"data: last\r\n\r\n"
+
+        response = EventStream(body(), ping=0, send_timeout=30, headers={})
+        responses.append(response)
+        return response
+
+    server, task, port = await serve(App(routes=[Route("/events", events)]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1024)
+    try:
+        writer.write(b"GET /events HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        [response] = responses
+        accepted = 0
+        # the client reads nothing more: the socket buffers fill, then uvicorn pauses writing
+        while response.send_now(CHUNK):
+            accepted += 1
+            assert accepted < TOTAL_CHUNKS  # 64 MB: far more than the buffers hold
+            if accepted % 16 == 0:
+                await asyncio.sleep(0)  # let the loop move data into the kernel's buffers
+        assert accepted > 0
+        assert not response.send_now(CHUNK)  # still behind
+
+        release.set()  # the task sends its frame and ends the response
+        received = b""
+        async with asyncio.timeout(30):
+            while data := await reader.read(1 << 20):
+                received += data
+        assert received.count(b"data: x") == accepted
+        assert received.rindex(b"data: x") < received.index(b"data: last")
+    finally:
+        writer.close()
+        server.should_exit = True
+        await task
+
+
+async def test_sending_now_declines_outside_uvicorns_send() -> None:
+    """Without the server's own send in the scope (a plain Starlette app; ``api.app.App``
+    keeps it) the stream cannot tell whether a send would wait: every frame goes through its
+    task."""
+    responses: list[EventStream] = []
+
+    async def events(request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"data: one\r\n\r\n"
+            assert not responses[0].send_now(b"data: pushed\r\n\r\n")
+            yield b"data: two\r\n\r\n"
+
+        response = EventStream(body(), ping=0, send_timeout=5, headers={})
+        responses.append(response)
+        return response
+
+    server, task, port = await serve(Starlette(routes=[Route("/events", events)]))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /events HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        async with asyncio.timeout(20):
+            received = await reader.read(-1)
+        writer.close()
+        assert b"data: one" in received and b"data: two" in received
+        assert b"pushed" not in received
+    finally:
+        server.should_exit = True
+        await task

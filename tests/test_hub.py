@@ -460,3 +460,51 @@ async def test_entries_whose_notification_was_lost_reach_consumers_before_later_
 
     assert await consumer == await stream_ids(redis, hub_keys, job_id)  # no gap, no error
     assert hub.handed_over == 1  # the later notification skipped an ordinal: read instead
+
+
+async def test_a_consumer_that_pushes_relays_hand_overs_without_waking_and_gets_each_entry_once(
+    redis: Redis, hub_keys: Keys, hub_factory: HubFactory, settings: Settings
+) -> None:
+    hub = await hub_factory(block_ms=60_000)
+    store, job_id = await started_job(redis, hub_keys, settings)
+    got: dict[str, list[tuple[str, str]]] = {"all": [], "every other": []}  # (entry id, how)
+
+    def pusher(name: str) -> Callable[[list[Entry]], bool]:
+        offers = 0
+
+        def push(batch: list[Entry]) -> bool:
+            nonlocal offers
+            offers += 1
+            if name == "every other" and offers % 2:
+                return False  # declined: the consumer's task gets these
+            got[name] += [(entry_id.decode(), "pushed") for entry_id, _ in batch]
+            return True
+
+        return push
+
+    async def consume(name: str) -> None:
+        async with aclosing(hub.tail(job_id, "0", push=pusher(name))) as batches:
+            async for batch in batches:
+                got[name] += [(entry_id.decode(), "yielded") for entry_id, _ in batch]
+
+    consumers = [asyncio.create_task(consume(name)) for name in got]
+    await settle(hub, redis, hub_keys, job_id, 2)
+    caught_up = len(await stream_ids(redis, hub_keys, job_id))  # read, not notified
+    for seq in range(1, 11):
+        delta = ContentDelta(job_id=job_id, attempt=1, text=f"t{seq}")
+        await store.write(job_id, 1, [("content.delta", delta.model_dump_json())] * 3, seq)
+        await settle(hub, redis, hub_keys, job_id, 2)
+    done = JobCompleted(job_id=job_id, attempt=1)
+    await store.write(job_id, 1, [("job.completed", done.model_dump_json())], 11, "completed")
+    async with asyncio.timeout(10):
+        await asyncio.gather(*consumers)
+
+    expected = await stream_ids(redis, hub_keys, job_id)
+    for name, entries in got.items():
+        assert [entry_id for entry_id, _ in entries] == expected, name  # each once, in order
+        assert entries[-1][1] == "yielded", name  # the terminal entry ends the generator
+    # 10 writes of 3 entries each: all pushed, or every other one
+    assert {how for _, how in got["all"][caught_up:-1]} == {"pushed"}
+    hows = [how for _, how in got["every other"][caught_up:-1]]
+    assert hows.count("pushed") == hows.count("yielded") == 15
+    assert hub.pushed == 30 + 15

@@ -172,6 +172,8 @@ async def test_streamed_job_moves_the_hubs_read_notification_and_catch_up_counte
     # the stream is read while the job runs (5 chunks 50 ms apart), so the worker's writes
     # reach the hub as notifications
     assert delta(before, after, "tokenspool_hub_notifications_total") >= 1
+    # the SSE client keeps up: handed-over events are written without waking its task
+    assert delta(before, after, "tokenspool_hub_pushed_total") >= 1
     assert delta(before, after, "tokenspool_hub_catch_ups_total") >= 1
     assert ("tokenspool_hub_sweeps_total", ()) in after
     assert ("tokenspool_hub_waiting", ()) in after and ("tokenspool_hub_jobs", ()) in after

@@ -47,9 +47,9 @@ async def test_a_hand_over_goes_only_to_waiters_the_entries_follow_with_no_gap()
     unknown = await _waiting(stream, 20, None)  # ordinal unknown: cannot check for a gap
     entries = [_entry(30, 3), _entry(40, 4)]
 
-    handed = stream.hand_over(entries, (30, 0))
+    handed, pushed = stream.hand_over(entries, (30, 0))
 
-    assert handed == 2
+    assert (handed, pushed) == (2, 0)
     assert caught_up.future.result() == entries
     assert not behind.future.done() and not unknown.future.done()
     assert stream.waiters == {behind, unknown}  # left for a read

@@ -59,6 +59,7 @@ from .waits import (
     Entry,
     JobStream,
     Position,
+    Push,
     Waiter,
     notified_entries,
     notified_position,
@@ -102,6 +103,7 @@ class Hub:
         self.streams_read = 0  # streams named in them
         self.notifications = 0  # pub/sub messages about new entries in a stream someone reads
         self.handed_over = 0  # entries given to waiters straight from a notification
+        self.pushed = 0  # of those, entries the consumer took without waking its task
         self.catch_ups = 0  # ends forgotten by a new consumer or a (re)subscription
         self.sweeps = 0
         self._redis = redis
@@ -134,6 +136,7 @@ class Hub:
             "streams_read": self.streams_read,
             "notifications": self.notifications,
             "handed_over": self.handed_over,
+            "pushed": self.pushed,
             "catch_ups": self.catch_ups,
             "sweeps": self.sweeps,
             "waiting": self.waiting,
@@ -163,21 +166,33 @@ class Hub:
         self._fail_all(HubClosedError("the stream hub stopped"))
         await self._subscriptions.aclose()
 
-    async def tail(self, job_id: str, after: str = "0") -> AsyncGenerator[list[Entry], None]:
+    async def tail(
+        self, job_id: str, after: str = "0", push: Push | None = None
+    ) -> AsyncGenerator[list[Entry], None]:
         """Yield the entries of ``job_id`` after ``after`` in batches, until (and including)
         the terminal one. The caller checked that the job exists and that ``after`` is
         retained (``tailer.check_retained``), as it must answer those before streaming.
+
+        ``push(batch) -> bool``: while this generator waits, entries handed over from a
+        notification (the next ones, no gap, not the terminal one) are offered to it first,
+        from the hub's listener, so a consumer keeping up relays them without its task
+        waking. It returns True once it wrote them (the generator goes on after them without
+        yielding them), or False having done nothing (they are yielded as usual). It must not
+        wait or raise.
 
         Like ``tail()``: raises ``StreamGoneError`` when ordinals jump (entries were trimmed
         before they were read), ``JobNotFoundError`` when the keys expire while it waits, and
         the Redis error when Redis stays unreachable for ``reconnect_timeout``."""
         last = parse_event_id(after)
         cursor = Cursor(job_id, id_tuple(last), 1 if last == "0" else None)
+        taken = None if push is None else cursor.pusher(push)
         stream = self._open(job_id)
         try:
             first = True
             while True:
-                entries = await self._next(stream, cursor.position, cursor.got, catch_up=first)
+                entries = await self._next(
+                    stream, cursor.position, cursor.got, catch_up=first, push=taken
+                )
                 first = False
                 if not entries:
                     continue  # the keys still exist after a while: wait again
@@ -209,14 +224,20 @@ class Hub:
             self._subscriptions.drop(stream.channel)
 
     async def _next(
-        self, stream: JobStream, position: Position, n: int | None, *, catch_up: bool
+        self,
+        stream: JobStream,
+        position: Position,
+        n: int | None,
+        *,
+        catch_up: bool,
+        push: Push | None = None,
     ) -> list[Entry]:
         """Wait for the entries of ``stream`` after ``position``, whose ordinal is ``n`` if
-        known (empty: none for a while)."""
+        known (empty: none for a while); ``push`` takes hand-overs meanwhile (``tail``)."""
         if self._closed or self._tasks[0].done():
             raise HubClosedError("the stream hub is not running")
         future: asyncio.Future[list[Entry]] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(position, n, future)
+        waiter = Waiter(position, n, future, push)
         stream.waiters.add(waiter)
         if catch_up:  # whatever is known of the end was learnt without this consumer
             self.catch_ups += 1
@@ -419,7 +440,9 @@ class Hub:
         else:
             if entries and stream.waiters:
                 first = top if len(entries) == 1 else position_of(entries[0][0])
-                self.handed_over += stream.hand_over(entries, first)
+                handed, pushed = stream.hand_over(entries, first)
+                self.handed_over += handed
+                self.pushed += pushed
             stream.advance(top)
         for waiter in stream.waiters:
             if top is None or waiter.position < top:

@@ -29,6 +29,11 @@ HUB_METRICS = (
         "counter",
     ),
     (
+        "pushed",
+        "Of the events handed over, those relayed without waking the consumer's task",
+        "counter",
+    ),
+    (
         "catch_ups",
         "Streams read without a notification: a new consumer or a (re)subscription",
         "counter",

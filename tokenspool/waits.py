@@ -12,7 +12,9 @@ got there.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
 
 from .errors import StreamGoneError
 from .events import TERMINAL_TYPES
@@ -20,6 +22,10 @@ from .keys import Keys
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # an XREAD entry, not decoded: (id, fields)
 Position = tuple[int, int]
+# a consumer's way to take entries without waking its task (``Hub.tail``'s ``push``): True
+# once it wrote them, False (nothing done) when they must go through the task after all
+Push = Callable[[list[Entry]], bool]
+log = logging.getLogger(__name__)
 _TERMINAL = frozenset(t.encode() for t in TERMINAL_TYPES)
 
 
@@ -83,6 +89,31 @@ class Cursor:
         """The ordinal of the last entry got (0 before the first), if known."""
         return self.expected_n - 1 if self.expected_n is not None else None
 
+    def follows(self, entries: list[Entry]) -> bool:
+        """True if ``entries`` are the next ones with no gap (each has the ordinal after the
+        one before, the first the one expected) and none ends the job: ``take`` would give
+        them all back and not raise."""
+        n = self.expected_n
+        if n is None:
+            return False
+        for _, fields in entries:
+            if ordinal((b"", fields)) != n or fields.get(b"t") in _TERMINAL:
+                return False
+            n += 1
+        return True
+
+    def pusher(self, push: Push) -> Push:
+        """``push`` for the entries that follow this cursor with no gap and do not end the job
+        (any others go through the consumer's task); the cursor takes the ones pushed."""
+
+        def pushed(entries: list[Entry]) -> bool:
+            if not self.follows(entries) or not push(entries):
+                return False
+            self.take(entries)
+            return True
+
+        return pushed
+
     def take(self, entries: list[Entry]) -> tuple[list[Entry], bool]:
         """The ``entries`` (the next ones after ``position``) up to and including the job's
         terminal one, and whether it was among them. Raises ``StreamGoneError`` when ordinals
@@ -110,18 +141,41 @@ class Cursor:
 
 class Waiter:
     """One consumer waiting for entries of its stream after ``position``, whose ordinal is
-    ``n`` (0 before the first) if known. One is made per wait, so per event relayed: a plain
-    class with slots, not a dataclass."""
+    ``n`` (0 before the first) if known. ``push``: the consumer's way to take handed-over
+    entries without waking its task; the waiter then stays, at the position after them.
+    A plain class with slots, not a dataclass: one is made per wait."""
 
-    __slots__ = ("future", "n", "position", "since")
+    __slots__ = ("future", "n", "position", "push", "since")
 
     def __init__(
-        self, position: Position, n: int | None, future: asyncio.Future[list[Entry]]
+        self,
+        position: Position,
+        n: int | None,
+        future: asyncio.Future[list[Entry]],
+        push: Push | None = None,
     ) -> None:
         self.position = position
         self.n = n
         self.future = future
+        self.push = push
         self.since = time.monotonic()
+
+    def pushed(self, entries: list[Entry]) -> bool:
+        """Offer ``entries`` (the next ones, with no gap) to the consumer's ``push``; if it
+        took them, the waiter now waits after them. An error in ``push`` is logged, and the
+        entries go through the task, whose send meets the error again."""
+        if self.push is None:
+            return False
+        try:
+            took = self.push(entries)
+        except Exception:
+            log.exception("stream hub: a consumer's push failed; its task takes the entries")
+            self.push = None
+            return False
+        if took:
+            self.position = position_of(entries[-1][0])
+            self.n = ordinal(entries[-1])
+        return took
 
 
 class JobStream:
@@ -173,20 +227,25 @@ class JobStream:
                 waiter.future.set_result(mine)
                 self.waiters.discard(waiter)
 
-    def hand_over(self, entries: list[Entry], first: Position) -> int:
+    def hand_over(self, entries: list[Entry], first: Position) -> tuple[int, int]:
         """Give the notified ``entries`` to each waiter they follow with no gap: the first one
         after the waiter's position has the ordinal after the waiter's last (``n`` counts a
-        stream's entries from 1, and the waiter knows the ordinal it is at). Any other waiter
-        (behind, so some entries in between were not notified to it, or at an unknown ordinal)
-        is left to a read. ``first``: the position of the first entry. Returns how many
-        entries were handed over, counting each waiter's."""
-        handed = 0
+        stream's entries from 1, and the waiter knows the ordinal it is at). A waiter whose
+        consumer pushes (``Waiter.pushed``) takes them without waking its task and keeps
+        waiting; the others' futures get them. Any other waiter (behind, so some entries in
+        between were not notified to it, or at an unknown ordinal) is left to a read.
+        ``first``: the position of the first entry. Returns how many entries were handed
+        over, and how many of those were pushed, counting each waiter's."""
+        handed = pushed = 0
         for waiter in list(self.waiters):
             if waiter.n is None or waiter.future.done():
                 continue
             mine = entries_after(entries, first, waiter.position)  # a read may have got some first
             if mine and ordinal(mine[0]) == waiter.n + 1:
+                handed += len(mine)
+                if waiter.pushed(mine):
+                    pushed += len(mine)
+                    continue
                 waiter.future.set_result(mine)
                 self.waiters.discard(waiter)
-                handed += len(mine)
-        return handed
+        return handed, pushed
