@@ -92,3 +92,52 @@ def test_a_cursor_refuses_entries_whose_ordinals_jump() -> None:
     cursor = Cursor("job", (20, 0), 3)
     with pytest.raises(StreamGoneError, match=r"events 3\.\.4 were trimmed.*read up to 20-0"):
         cursor.take([_entry(50, 5)])
+
+
+def test_a_cursor_pushes_only_the_next_entries_with_no_gap_and_never_the_terminal_one() -> None:
+    cursor = Cursor("job", (20, 0), 3)  # got entries 1 and 2
+    offered: list[list[Entry]] = []
+
+    def push(entries: list[Entry]) -> bool:
+        offered.append(entries)
+        return True
+
+    pushed = cursor.pusher(push)
+    terminal = (b"40-0", {b"n": b"4", b"t": b"job.completed"})
+
+    assert not pushed([_entry(40, 4)])  # entry 3 missing
+    assert not pushed([_entry(30, 3), _entry(40, 5)])  # a gap inside
+    assert not pushed([_entry(30, 3), terminal])  # the end goes through the task
+    assert offered == []  # none of those was offered
+    assert pushed([_entry(30, 3), _entry(40, 4)])
+    assert offered == [[_entry(30, 3), _entry(40, 4)]]
+    assert (cursor.position, cursor.got) == ((40, 0), 4)  # taken: the cursor moved past them
+
+    assert not cursor.pusher(lambda entries: False)([_entry(50, 5)])  # declined
+    assert (cursor.position, cursor.got) == ((40, 0), 4)  # nothing taken
+
+
+async def test_a_push_that_declines_or_fails_leaves_the_hand_over_to_the_waiters_future(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stream = JobStream("job", Keys())
+    loop = asyncio.get_running_loop()
+
+    def failing(entries: list[Entry]) -> bool:
+        raise RuntimeError("client gone")
+
+    taking = Waiter((20, 0), 2, loop.create_future(), push=lambda entries: True)
+    declining = Waiter((20, 0), 2, loop.create_future(), push=lambda entries: False)
+    broken = Waiter((20, 0), 2, loop.create_future(), push=failing)
+    stream.waiters.update((taking, declining, broken))
+
+    assert stream.hand_over([_entry(30, 3)], (30, 0)) == (3, 1)
+
+    assert not taking.future.done() and taking in stream.waiters  # still waiting, after it
+    assert (taking.position, taking.n) == ((30, 0), 3)
+    for waiter in (declining, broken):
+        assert waiter.future.result() == [_entry(30, 3)] and waiter not in stream.waiters
+    assert "push failed" in caplog.text and "client gone" in caplog.text
+
+    assert stream.hand_over([_entry(40, 4)], (40, 0)) == (1, 1)  # the next one, pushed too
+    assert (taking.position, taking.n) == ((40, 0), 4)

@@ -8,10 +8,12 @@ channel (``Keys.written``): the worker's writes publish the entries they appende
 scripts the id of their last entry. The hub SUBSCRIBEs to the channels of the jobs it has
 consumers for. A waiter that the notified entries follow with no gap (the first new one has
 the ordinal after the waiter's last) is handed them at once, with no read: the common case of
-a consumer keeping up. Otherwise the hub reads only the notified streams, each from its
-smallest waiting position, with one non-blocking ``XREAD COUNT STREAMS ...``. One read is in
-flight at a time: notifications that arrive meanwhile are gathered into the next, so reads
-batch themselves under load. Redis then works per entry written, not per open stream.
+a consumer keeping up. A consumer may also ``push``: take such a hand-over at once, from the
+listener, writing it to its client without its task waking (``tail``). Otherwise the hub
+reads only the notified streams, each from its smallest waiting position, with one
+non-blocking ``XREAD COUNT STREAMS ...``. One read is in flight at a time: notifications that
+arrive meanwhile are gathered into the next, so reads batch themselves under load. Redis then
+works per entry written, not per open stream.
 The pub/sub side (subscribing to match the consumers, reading the notifications) is
 ``subscriptions.Subscriptions``; what the hub keeps per job, and how it hands entries to the
 waiting consumers, is ``waits.JobStream``.
