@@ -130,11 +130,13 @@ async def test_a_push_that_declines_or_fails_leaves_the_hand_over_to_the_waiters
     declining = Waiter((20, 0), 2, loop.create_future(), push=lambda entries: False)
     broken = Waiter((20, 0), 2, loop.create_future(), push=failing)
     stream.waiters.update((taking, declining, broken))
+    taking.since = 0.0  # as if it had waited long: a push makes it recent again
 
     assert stream.hand_over([_entry(30, 3)], (30, 0)) == (3, 1)
 
     assert not taking.future.done() and taking in stream.waiters  # still waiting, after it
     assert (taking.position, taking.n) == ((30, 0), 3)
+    assert taking.since > 0.0  # the hub's sweep does not answer it as idle
     for waiter in (declining, broken):
         assert waiter.future.result() == [_entry(30, 3)] and waiter not in stream.waiters
     assert "push failed" in caplog.text and "client gone" in caplog.text

@@ -162,8 +162,8 @@ class Waiter:
 
     def pushed(self, entries: list[Entry]) -> bool:
         """Offer ``entries`` (the next ones, with no gap) to the consumer's ``push``; if it
-        took them, the waiter now waits after them. An error in ``push`` is logged, and the
-        entries go through the task, whose send meets the error again."""
+        took them, the waiter now waits after them, as if it had just started. An error in
+        ``push`` is logged, and the entries go through the task, whose send meets it again."""
         if self.push is None:
             return False
         try:
@@ -175,6 +175,8 @@ class Waiter:
         if took:
             self.position = position_of(entries[-1][0])
             self.n = ordinal(entries[-1])
+            # not idle: the hub's sweep answers only waits with nothing for half a BLOCK
+            self.since = time.monotonic()
         return took
 
 
