@@ -155,6 +155,28 @@ async def test_connected_stream_clients_are_gauged_while_they_stay(
     assert await client.cancel(job.id) in ("cancelling", "cancelled")
 
 
+async def test_a_client_leaving_while_its_events_are_pushed_is_let_go_at_once(
+    http: httpx.AsyncClient, client: AsyncClient
+) -> None:
+    job = await client.submit("fake-gpt", "metrics push leave [fake chunks=400 delay_ms=10]")
+    await wait_until(lambda: no_clients(http, "sse"))
+    before = await scrape(http)
+
+    async with http.stream("GET", f"/v1/jobs/{job.id}/events") as response:
+        lines = response.aiter_lines()
+        received = 0
+        while received < 30:  # past the catch-up: these come from the hub's notifications
+            received += (await anext(lines)).startswith("data:")
+        assert delta(before, await scrape(http), "tokenspool_hub_pushed_total") >= 1
+    # the job still runs; its only client left, so its stream and subscription end
+    await wait_until(lambda: no_clients(http, "sse"))
+    after = await scrape(http)
+    assert after[("tokenspool_hub_jobs", ())] == 0 and after[("tokenspool_hub_waiting", ())] == 0
+    assert (await client.get(job.id)).status == "running"
+
+    assert await client.cancel(job.id) in ("cancelling", "cancelled")
+
+
 async def test_streamed_job_moves_the_hubs_read_notification_and_catch_up_counters(
     http: httpx.AsyncClient,
 ) -> None:
