@@ -42,13 +42,15 @@ from tokenspool.openai_format import (
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore
 from tokenspool.tailer import check_retained, parse_event_id
+from tokenspool.waits import Entry
 
 from .limits import request_limit_problem
-from .streams import EventStream, hub_of, stream_head, tracked
+from .streams import EventStream, StreamHead, hub_of, stream_head, tracked
 
 JOB_ID_HEADER = "X-Tokenspool-Job-Id"
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 TRANSPORT = "sse_openai"
+RETRYING = b"job.retrying"  # its entry type
 
 
 def _error(
@@ -197,13 +199,31 @@ class OpenAIRoutes:
     ) -> EventStream:
         store: JobStore = request.app.state.store
         hub = hub_of(request)
+        head = StreamHead((0, 0), terminal=False)  # read when the stream starts
+
+        def push(batch: list[Entry]) -> bool:
+            """Relay a batch handed over while the stream's task waits, if the connection
+            takes it at once (``Hub.tail``). The formatter is fed only then: its state must
+            follow what the client got. A retry can end the stream: that goes through the
+            task (the hub pushes no terminal event either)."""
+            if any(f.get(b"t") == RETRYING for _, f in batch) or not response.can_send_now():
+                return False
+            out: list[bytes] = []
+            for entry_id, fields in batch:
+                out.extend(f.encode() for f in formatter.feed(from_entry(job_id, entry_id, fields)))
+            if out and not response.send_now(b"".join(out)):
+                # can_send_now said it would: the formatter moved on, the client has not
+                raise RuntimeError("an event stream refused a send it said it could take")
+            self.metrics.relayed_batch(TRANSPORT, [entry_id for entry_id, _ in batch], head.last)
+            return True
 
         async def frames() -> AsyncIterator[bytes]:
+            nonlocal head
             head = await stream_head(store, job_id)
             with tracked(self.metrics, TRANSPORT, start):
                 if formatter.done:
                     return  # the client already had the end
-                batches = hub.tail(job_id, start)
+                batches = hub.tail(job_id, start, push=push)
                 try:
                     async with aclosing(batches):
                         async for batch in batches:
@@ -225,13 +245,14 @@ class OpenAIRoutes:
                     gone = error_body(str(exc), "tokenspool_stream_gone", code="events_trimmed")
                     yield Frame(data=json.dumps(gone)).encode()
 
-        return EventStream(
+        response = EventStream(
             frames(),
             ping=self.settings.heartbeat_seconds,
             ping_message_factory=_heartbeat,
             send_timeout=self.settings.send_timeout_seconds,
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+        return response
 
     async def _wait(
         self, request: Request, job_id: str, created_at: int, headers: dict[str, str]

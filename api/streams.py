@@ -126,18 +126,25 @@ class EventStream(EventSourceResponse):
         if self.background is not None:
             await self.background()
 
-    def send_now(self, body: bytes) -> bool:
-        """Send ``body`` from the caller's task, without waiting: True once it was handed to
-        the connection, False (nothing sent) when it must go through the stream's task:
-        another send is in progress, the stream ended, or the client is behind (the server
-        would wait for its socket to drain).
+    def can_send_now(self) -> bool:
+        """Whether ``send_now`` would send at once: no other send is in progress, the stream
+        has not ended, and uvicorn's socket is not paused for a client that is behind.
 
-        Only for uvicorn's HTTP protocols, whose ``send`` first waits for a paused socket to
-        drain and otherwise writes without waiting: the send is stepped once, and if it
-        waits, it is closed there, before it wrote anything."""
+        Only for uvicorn's HTTP protocols, whose ``send`` waits only for a paused socket to
+        drain (before it writes anything) and otherwise writes without waiting."""
         if not self._sends_at_once or self._sending or not self.active:
             return False
-        assert self._body_send is not None  # _sends_at_once checked it
+        flow = getattr(getattr(self._body_send, "__self__", None), "flow", None)
+        return getattr(flow, "write_paused", True) is False
+
+    def send_now(self, body: bytes) -> bool:
+        """Send ``body`` from the caller's task, without waiting: True once it was handed to
+        the connection, False (nothing sent) when it must go through the stream's task
+        (``can_send_now``). The server's send is stepped once; should it wait after all, it
+        is closed there, before it wrote anything."""
+        if not self.can_send_now():
+            return False
+        assert self._body_send is not None  # can_send_now checked it
         step = cast(
             Coroutine[Any, Any, None],
             self._body_send({"type": "http.response.body", "body": body, "more_body": True}),

@@ -224,6 +224,7 @@ async def test_sending_now_writes_at_once_until_the_client_falls_behind_then_dec
                 await asyncio.sleep(0)  # let the loop move data into the kernel's buffers
         assert accepted > 0
         assert not response.send_now(CHUNK)  # still behind
+        assert not response.can_send_now()  # what the OpenAI-format stream asks first
 
         release.set()  # the task sends its frame and ends the response
         received = b""

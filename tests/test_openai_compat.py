@@ -706,3 +706,40 @@ async def test_openai_stream_refuses_bad_offsets_and_unknown_jobs_in_openai_shap
 
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "Last-Event-ID"
     assert missing.status_code == 404 and "job_missing" in missing.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("model", "prompt", "tools"),
+    [
+        ("fake-reasoner", "openai live [fake chunks=30 reasoning=10 delay_ms=10]", None),
+        ("fake-gpt", "openai live weather in Paris? [fake delay_ms=10]", TOOLS),
+    ],
+)
+async def test_openai_stream_read_live_is_frame_for_frame_its_replay(
+    http: httpx.AsyncClient, model: str, prompt: str, tools: Any
+) -> None:
+    """Read while the job runs, most events reach the client from the stream hub's
+    notifications, written without waking the stream's task; the formatter's state (role,
+    tool-call headers) must follow them exactly as it follows a replay read in batches."""
+    body: dict[str, Any] = {"model": model, "messages": user(prompt)}
+    if tools:
+        body["tools"] = tools
+    before = await pushed_total(http)
+    job = await http.post("/v1/jobs", json=body)
+    job_id = job.json()["id"]
+    params = {"format": "openai", "include_usage": "true"}
+
+    live = await http.get(f"/v1/jobs/{job_id}/events", params=params)
+    pushed = await pushed_total(http) - before
+    replay = await http.get(f"/v1/jobs/{job_id}/events", params=params)
+
+    assert pushed >= 1  # the live read relayed some events by push
+    assert parse_sse(live.text) == parse_sse(replay.text)
+    assert parse_sse(live.text)[-1]["data"] == DONE
+
+
+async def pushed_total(http: httpx.AsyncClient) -> float:
+    """The API's count of events its stream hub pushed (``tokenspool_hub_pushed_total``)."""
+    text = (await http.get("/metrics")).text
+    [line] = [line for line in text.splitlines() if line.startswith("tokenspool_hub_pushed_total")]
+    return float(line.split()[-1])
