@@ -83,7 +83,9 @@ async def wakeup(writer: Redis, reader: Redis, key: str, samples: int) -> Summar
     ready = asyncio.Event()
 
     async def read() -> None:
-        last = "$"
+        # from a concrete id, never "$": an XADD that lands before the first XREAD blocks
+        # would be missed, and the writer would wait for a wake-up that never comes
+        last = "0-0"  # the key was just deleted
         while len(got) < samples:
             ready.set()
             response = await reader.xread({key: last}, count=100, block=5000)
