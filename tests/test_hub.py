@@ -422,6 +422,19 @@ async def settle(hub: Hub, redis: Redis, hub_keys: Keys, job_id: str, consumers:
     await wait_until(settled)
 
 
+async def write_while_consumers_keep_up(
+    hub: Hub, redis: Redis, hub_keys: Keys, store: JobStore, job_id: str, consumers: int
+) -> None:
+    """Ten writes of three deltas each, every one after the ``consumers`` have all caught up
+    with the one before, then the terminal event: 31 entries."""
+    for seq in range(1, 11):
+        delta = ContentDelta(job_id=job_id, attempt=1, text=f"t{seq}")
+        await store.write(job_id, 1, [("content.delta", delta.model_dump_json())] * 3, seq)
+        await settle(hub, redis, hub_keys, job_id, consumers)
+    done = JobCompleted(job_id=job_id, attempt=1)
+    await store.write(job_id, 1, [("job.completed", done.model_dump_json())], 11, "completed")
+
+
 async def test_caught_up_consumers_get_written_entries_from_the_notification_without_a_read(
     redis: Redis, hub_keys: Keys, hub_factory: HubFactory, settings: Settings
 ) -> None:
@@ -430,12 +443,7 @@ async def test_caught_up_consumers_get_written_entries_from_the_notification_wit
     consumers = await waiting_consumers(hub, [(job_id, "0"), (job_id, "0")], subscribed=False)
     await settle(hub, redis, hub_keys, job_id, 2)
     reads = hub.reads
-    for seq in range(1, 11):
-        delta = ContentDelta(job_id=job_id, attempt=1, text=f"t{seq}")
-        await store.write(job_id, 1, [("content.delta", delta.model_dump_json())] * 3, seq)
-        await settle(hub, redis, hub_keys, job_id, 2)
-    done = JobCompleted(job_id=job_id, attempt=1)
-    await store.write(job_id, 1, [("job.completed", done.model_dump_json())], 11, "completed")
+    await write_while_consumers_keep_up(hub, redis, hub_keys, store, job_id, 2)
     expected = await stream_ids(redis, hub_keys, job_id)
     assert [await c for c in consumers] == [expected, expected]
     assert hub.reads == reads  # 31 entries, each consumer handed every one, no XREAD
@@ -490,12 +498,7 @@ async def test_a_consumer_that_pushes_relays_hand_overs_without_waking_and_gets_
     consumers = [asyncio.create_task(consume(name)) for name in got]
     await settle(hub, redis, hub_keys, job_id, 2)
     caught_up = len(await stream_ids(redis, hub_keys, job_id))  # read, not notified
-    for seq in range(1, 11):
-        delta = ContentDelta(job_id=job_id, attempt=1, text=f"t{seq}")
-        await store.write(job_id, 1, [("content.delta", delta.model_dump_json())] * 3, seq)
-        await settle(hub, redis, hub_keys, job_id, 2)
-    done = JobCompleted(job_id=job_id, attempt=1)
-    await store.write(job_id, 1, [("job.completed", done.model_dump_json())], 11, "completed")
+    await write_while_consumers_keep_up(hub, redis, hub_keys, store, job_id, 2)
     async with asyncio.timeout(10):
         await asyncio.gather(*consumers)
 
