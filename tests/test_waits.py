@@ -23,8 +23,13 @@ def _entry(ms: int, n: int) -> Entry:
     return (f"{ms}-0".encode(), {b"n": str(n).encode(), b"t": b"content.delta"})
 
 
+def _cursor(ms: int, n: int | None) -> Cursor:
+    """A consumer's cursor after the entry at ``ms`` whose ordinal is ``n`` (if known)."""
+    return Cursor("job", (ms, 0), None if n is None else n + 1)
+
+
 async def _waiting(stream: JobStream, ms: int, n: int | None) -> Waiter:
-    waiter = Waiter((ms, 0), n, asyncio.get_running_loop().create_future())
+    waiter = Waiter(_cursor(ms, n), asyncio.get_running_loop().create_future())
     stream.waiters.add(waiter)
     return waiter
 
@@ -94,7 +99,7 @@ def test_a_cursor_refuses_entries_whose_ordinals_jump() -> None:
         cursor.take([_entry(50, 5)])
 
 
-def test_a_cursor_pushes_only_the_next_entries_with_no_gap_and_never_the_terminal_one() -> None:
+async def test_a_waiter_pushes_only_the_next_entries_with_no_gap_never_the_terminal() -> None:
     cursor = Cursor("job", (20, 0), 3)  # got entries 1 and 2
     offered: list[list[Entry]] = []
 
@@ -102,7 +107,8 @@ def test_a_cursor_pushes_only_the_next_entries_with_no_gap_and_never_the_termina
         offered.append(entries)
         return True
 
-    pushed = cursor.pusher(push)
+    loop = asyncio.get_running_loop()
+    pushed = Waiter(cursor, loop.create_future(), push).pushed
     terminal = (b"40-0", {b"n": b"4", b"t": b"job.completed"})
 
     assert not pushed([_entry(40, 4)])  # entry 3 missing
@@ -113,7 +119,8 @@ def test_a_cursor_pushes_only_the_next_entries_with_no_gap_and_never_the_termina
     assert offered == [[_entry(30, 3), _entry(40, 4)]]
     assert (cursor.position, cursor.got) == ((40, 0), 4)  # taken: the cursor moved past them
 
-    assert not cursor.pusher(lambda entries: False)([_entry(50, 5)])  # declined
+    declining = Waiter(cursor, loop.create_future(), lambda entries: False)
+    assert not declining.pushed([_entry(50, 5)])  # declined
     assert (cursor.position, cursor.got) == ((40, 0), 4)  # nothing taken
 
 
@@ -126,9 +133,9 @@ async def test_a_push_that_declines_or_fails_leaves_the_hand_over_to_the_waiters
     def failing(entries: list[Entry]) -> bool:
         raise RuntimeError("client gone")
 
-    taking = Waiter((20, 0), 2, loop.create_future(), push=lambda entries: True)
-    declining = Waiter((20, 0), 2, loop.create_future(), push=lambda entries: False)
-    broken = Waiter((20, 0), 2, loop.create_future(), push=failing)
+    taking = Waiter(_cursor(20, 2), loop.create_future(), push=lambda entries: True)
+    declining = Waiter(_cursor(20, 2), loop.create_future(), push=lambda entries: False)
+    broken = Waiter(_cursor(20, 2), loop.create_future(), push=failing)
     stream.waiters.update((taking, declining, broken))
     taking.since = 0.0  # as if it had waited long: a push makes it recent again
 

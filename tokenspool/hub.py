@@ -187,14 +187,11 @@ class Hub:
         the Redis error when Redis stays unreachable for ``reconnect_timeout``."""
         last = parse_event_id(after)
         cursor = Cursor(job_id, id_tuple(last), 1 if last == "0" else None)
-        taken = None if push is None else cursor.pusher(push)
         stream = self._open(job_id)
         try:
             first = True
             while True:
-                entries = await self._next(
-                    stream, cursor.position, cursor.got, catch_up=first, push=taken
-                )
+                entries = await self._next(stream, cursor, catch_up=first, push=push)
                 first = False
                 if not entries:
                     continue  # the keys still exist after a while: wait again
@@ -226,20 +223,14 @@ class Hub:
             self._subscriptions.drop(stream.channel)
 
     async def _next(
-        self,
-        stream: JobStream,
-        position: Position,
-        n: int | None,
-        *,
-        catch_up: bool,
-        push: Push | None = None,
+        self, stream: JobStream, cursor: Cursor, *, catch_up: bool, push: Push | None
     ) -> list[Entry]:
-        """Wait for the entries of ``stream`` after ``position``, whose ordinal is ``n`` if
-        known (empty: none for a while); ``push`` takes hand-overs meanwhile (``tail``)."""
+        """Wait for the entries of ``stream`` after ``cursor`` (empty: none for a while);
+        ``push`` takes hand-overs meanwhile (``tail``)."""
         if self._closed or self._tasks[0].done():
             raise HubClosedError("the stream hub is not running")
         future: asyncio.Future[list[Entry]] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(position, n, future, push)
+        waiter = Waiter(cursor, future, push)
         stream.waiters.add(waiter)
         if catch_up:  # whatever is known of the end was learnt without this consumer
             self.catch_ups += 1

@@ -102,18 +102,6 @@ class Cursor:
             n += 1
         return True
 
-    def pusher(self, push: Push) -> Push:
-        """``push`` for the entries that follow this cursor with no gap and do not end the job
-        (any others go through the consumer's task); the cursor takes the ones pushed."""
-
-        def pushed(entries: list[Entry]) -> bool:
-            if not self.follows(entries) or not push(entries):
-                return False
-            self.take(entries)
-            return True
-
-        return pushed
-
     def take(self, entries: list[Entry]) -> tuple[list[Entry], bool]:
         """The ``entries`` (the next ones after ``position``) up to and including the job's
         terminal one, and whether it was among them. Raises ``StreamGoneError`` when ordinals
@@ -140,31 +128,38 @@ class Cursor:
 
 
 class Waiter:
-    """One consumer waiting for entries of its stream after ``position``, whose ordinal is
-    ``n`` (0 before the first) if known. ``push``: the consumer's way to take handed-over
-    entries without waking its task; the waiter then stays, at the position after them.
-    A plain class with slots, not a dataclass: one is made per wait."""
+    """One consumer waiting for the entries of its stream after its ``cursor``'s position.
+    ``push``: the consumer's way to take handed-over entries without waking its task; the
+    cursor then moves past them and the waiter stays. A plain class with slots, not a
+    dataclass: one is made per wait."""
 
-    __slots__ = ("future", "n", "position", "push", "since")
+    __slots__ = ("cursor", "future", "push", "since")
 
     def __init__(
-        self,
-        position: Position,
-        n: int | None,
-        future: asyncio.Future[list[Entry]],
-        push: Push | None = None,
+        self, cursor: Cursor, future: asyncio.Future[list[Entry]], push: Push | None = None
     ) -> None:
-        self.position = position
-        self.n = n
+        self.cursor = cursor
         self.future = future
         self.push = push
         self.since = time.monotonic()
 
+    @property
+    def position(self) -> Position:
+        """The position of the last entry the consumer got."""
+        return self.cursor.position
+
+    @property
+    def n(self) -> int | None:
+        """The ordinal of the last entry the consumer got (0 before the first), if known."""
+        return self.cursor.got
+
     def pushed(self, entries: list[Entry]) -> bool:
-        """Offer ``entries`` (the next ones, with no gap) to the consumer's ``push``; if it
-        took them, the waiter now waits after them, as if it had just started. An error in
-        ``push`` is logged, and the entries go through the task, whose send meets it again."""
-        if self.push is None:
+        """Offer ``entries`` to the consumer's ``push`` if they follow its cursor with no gap
+        and none ends the job (``Cursor.follows``; any others go through its task). If it
+        took them, the cursor moves past them and the waiter waits after them, as if it had
+        just started. An error in ``push`` is logged, and the entries go through the task,
+        whose send meets it again."""
+        if self.push is None or not self.cursor.follows(entries):
             return False
         try:
             took = self.push(entries)
@@ -173,8 +168,7 @@ class Waiter:
             self.push = None
             return False
         if took:
-            self.position = position_of(entries[-1][0])
-            self.n = ordinal(entries[-1])
+            self.cursor.take(entries)
             # not idle: the hub's sweep answers only waits with nothing for half a BLOCK
             self.since = time.monotonic()
         return took
