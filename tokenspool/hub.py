@@ -50,7 +50,6 @@ from .errors import (
     REDIS_UNREACHABLE,
     HubClosedError,
     JobNotFoundError,
-    StreamReadError,
 )
 from .keys import Keys
 from .subscriptions import Subscriptions
@@ -175,12 +174,9 @@ class Hub:
         the terminal one. The caller checked that the job exists and that ``after`` is
         retained (``tailer.check_retained``), as it must answer those before streaming.
 
-        ``push(batch) -> bool``: while this generator waits, entries handed over from a
-        notification (the next ones, no gap, not the terminal one) are offered to it first,
-        from the hub's listener, so a consumer keeping up relays them without its task
-        waking. It returns True once it wrote them (the generator goes on after them without
-        yielding them), or False having done nothing (they are yielded as usual). It must not
-        wait or raise.
+        ``push``: while this generator waits, entries handed over from a notification go to it
+        first, from the hub's listener (``waits.Push``, ``Waiter.pushed``), so a consumer
+        keeping up relays them without its task waking; those it takes are not yielded.
 
         Like ``tail()``: raises ``StreamGoneError`` when ordinals jump (entries were trimmed
         before they were read), ``JobNotFoundError`` when the keys expire while it waits, and
@@ -315,7 +311,7 @@ class Hub:
             reply = await self._xread(plan, afters)
         except ResponseError as refused:
             if len(plan) == 1:
-                self._fail_stream(plan[0][0], refused)
+                plan[0][0].refused(refused)
                 return
             # an error reply fails the whole read, though one key is to blame (a key of
             # another type, say): read each stream alone, so only that stream's clients fail
@@ -323,7 +319,7 @@ class Hub:
                 try:
                     alone = await self._xread([item], [after])
                 except ResponseError as refused:
-                    self._fail_stream(item[0], refused)
+                    item[0].refused(refused)
                     continue
                 self._dispatch_reply([item], alone)
             return
@@ -362,13 +358,6 @@ class Hub:
         }
         for stream, read_from, epoch in plan:
             self._dispatch(stream, read_from, epoch, got.get(stream.key, []))
-
-    def _fail_stream(self, stream: JobStream, refused: ResponseError) -> None:
-        """Answer the waiters of a stream whose read Redis refused with that error."""
-        exc = StreamReadError(f"job {stream.job_id}: Redis refused to read its events: {refused}")
-        exc.__cause__ = refused
-        log.error("stream hub: %s", exc)
-        stream.fail(exc)
 
     def _dispatch(
         self, stream: JobStream, read_from: Position, epoch: int, entries: list[Entry]

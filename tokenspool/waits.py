@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .errors import StreamGoneError
+from .errors import StreamGoneError, StreamReadError
 from .events import TERMINAL_TYPES
 from .keys import Keys
 
@@ -207,6 +207,14 @@ class JobStream:
             if not waiter.future.done():
                 waiter.future.set_exception(exc)
         self.waiters.clear()
+
+    def refused(self, refused: Exception) -> None:
+        """Answer every waiter with ``StreamReadError``: Redis refused to read the stream
+        (``refused``, its error reply)."""
+        exc = StreamReadError(f"job {self.job_id}: Redis refused to read its events: {refused}")
+        exc.__cause__ = refused
+        log.error("stream hub: %s", exc)
+        self.fail(exc)
 
     def give(self, entries: list[Entry], read_from: Position) -> None:
         """Answer each waiter with the read ``entries`` (read after ``read_from``) after its
