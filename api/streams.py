@@ -82,14 +82,16 @@ class EventStream(EventSourceResponse):
         self._sending = 0  # sends in progress (a heartbeat can overlap an event)
         self._busy_since = 0.0  # when the sends in progress began
         self._body_send: Send | None = None
-        self._sends_at_once = False  # whether the server's send completes without waiting
+        # uvicorn's flow control of the connection (``write_paused``), if the body goes to
+        # uvicorn's own send: only then can a send be made without waiting (``send_now``)
+        self._flow: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"].upper() == "HEAD":
             await super().__call__(scope, receive, send)  # no stream to run
             return
         self._body_send = scope.get(SERVER_SEND)
-        self._sends_at_once = _sends_at_once(self._body_send)
+        self._flow = _uvicorn_flow(self._body_send)
         ending = [
             asyncio.create_task(self._stream_response(send)),
             asyncio.create_task(self._listen_for_exit_signal_with_grace()),
@@ -132,10 +134,9 @@ class EventStream(EventSourceResponse):
 
         Only for uvicorn's HTTP protocols, whose ``send`` waits only for a paused socket to
         drain (before it writes anything) and otherwise writes without waiting."""
-        if not self._sends_at_once or self._sending or not self.active:
+        if self._flow is None or self._sending or not self.active:
             return False
-        flow = getattr(getattr(self._body_send, "__self__", None), "flow", None)
-        return getattr(flow, "write_paused", True) is False
+        return getattr(self._flow, "write_paused", True) is False
 
     def send_now(self, body: bytes) -> bool:
         """Send ``body`` from the caller's task, without waiting: True once it was handed to
@@ -205,12 +206,15 @@ class EventStream(EventSourceResponse):
                 raise SendTimeoutError()
 
 
-def _sends_at_once(send: Send | None) -> bool:
-    """Whether ``send`` is uvicorn's own (``EventStream.send_now``)."""
+def _uvicorn_flow(send: Send | None) -> Any:
+    """The flow control of the connection ``send`` writes to, if ``send`` is uvicorn's own
+    (``EventStream.send_now``); else None."""
     server = getattr(send, "__self__", None)
-    return type(server).__module__ in _UVICORN_PROTOCOLS and type(server).__name__ == (
+    if type(server).__module__ in _UVICORN_PROTOCOLS and type(server).__name__ == (
         "RequestResponseCycle"
-    )
+    ):
+        return getattr(server, "flow", None)
+    return None
 
 
 _UVICORN_PROTOCOLS = frozenset(
