@@ -96,8 +96,8 @@ class Cursor:
         n = self.expected_n
         if n is None:
             return False
-        for _, fields in entries:
-            if ordinal((b"", fields)) != n or fields.get(b"t") in _TERMINAL:
+        for entry in entries:
+            if ordinal(entry) != n or entry[1].get(b"t") in _TERMINAL:
                 return False
             n += 1
         return True
