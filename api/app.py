@@ -27,7 +27,7 @@ from tokenspool.errors import (
 )
 from tokenspool.gcpolicy import freeze_startup_objects, full_collections
 from tokenspool.hub import Hub
-from tokenspool.jobs import JobAccepted, JobRequest, JobStatus, JobView
+from tokenspool.jobs import JOB_ID_HEADER, JobAccepted, JobRequest, JobStatus, JobView
 from tokenspool.metrics import CONTENT_TYPE, ApiMetrics
 from tokenspool.model_list import ModelList
 from tokenspool.settings import Settings
@@ -39,7 +39,15 @@ from tokenspool.waits import Entry
 from .instrumentation import ErrorCounter
 from .limits import BodySizeLimit, request_limit_problem
 from .openai_routes import OpenAIRoutes
-from .streams import SERVER_SEND, EventStream, hub_of, open_stream, sse_frames, tracked
+from .streams import (
+    SERVER_SEND,
+    EventStream,
+    hub_of,
+    open_stream,
+    sse_frames,
+    tracked,
+    wants_event_stream,
+)
 from .ui_routes import ui_router
 from .websocket_routes import websocket_router
 
@@ -154,7 +162,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v1/jobs",
         status_code=202,
         response_model=JobAccepted,
-        responses={200: {"description": "an earlier job with the same Idempotency-Key and body"}},
+        responses={
+            200: {
+                "description": "an earlier job with the same Idempotency-Key and body; or, with "
+                "`Accept: text/event-stream`, the job's events from its start",
+                "content": {"text/event-stream": {}},
+            }
+        },
     )
     async def create_job(
         body: JobRequest,
@@ -164,7 +178,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             str | None, Header(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")
         ] = None,
     ) -> Any:
-        """Queue a chat completion; answers at once with the job id and its events URL."""
+        """Queue a chat completion; answers at once with the job id and its events URL.
+
+        With ``Accept: text/event-stream`` the answer is instead the job's event stream from
+        its start (as ``GET /v1/jobs/{id}/events``), in the same request: one round trip to
+        the first token. The job id is in the ``X-Tokenspool-Job-Id`` and ``Location``
+        headers, and a dropped stream resumes with ``GET`` and ``Last-Event-ID``."""
         problem = request_limit_problem(body, settings)
         if problem is not None:
             return _invalid(*problem)
@@ -174,6 +193,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         if created:
             metrics.jobs_submitted.labels(body.model, "jobs").inc()
+        if wants_event_stream(request.headers.get("accept")):
+            return await event_stream(
+                request, job_id, "0", {"Location": f"/v1/jobs/{job_id}", JOB_ID_HEADER: job_id}
+            )
         response.headers["Location"] = f"/v1/jobs/{job_id}"
         status = JobStatus.queued
         if not created:
@@ -235,6 +258,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 request, job_id, last_event_id or after, offset_param, include_usage
             )
         start = parse_event_id(last_event_id if last_event_id else after)
+        return await event_stream(request, job_id, start)
+
+    async def event_stream(
+        request: Request, job_id: str, start: str, headers: dict[str, str] | None = None
+    ) -> EventStream:
+        """The job's events after ``start`` as SSE (404, 410 or 503 before it starts)."""
         s = store(request)
         head = await open_stream(s, job_id, start)  # 404, 410, or where the stream ends now
 
@@ -265,7 +294,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stream(),
             ping=settings.heartbeat_seconds,
             send_timeout=settings.send_timeout_seconds,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
         )
         return response
 

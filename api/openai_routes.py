@@ -27,7 +27,7 @@ from tokenspool.errors import (
     UnknownModelError,
 )
 from tokenspool.events import as_text, from_entry
-from tokenspool.jobs import JobStatus
+from tokenspool.jobs import JOB_ID_HEADER, JobStatus
 from tokenspool.keys import F_CREATED, F_MODEL
 from tokenspool.metrics import ApiMetrics
 from tokenspool.model_list import ModelList
@@ -47,7 +47,6 @@ from tokenspool.waits import Entry
 from .limits import request_limit_problem
 from .streams import EventStream, StreamHead, hub_of, stream_head, tracked
 
-JOB_ID_HEADER = "X-Tokenspool-Job-Id"
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 TRANSPORT = "sse_openai"
 RETRYING = b"job.retrying"  # its entry type

@@ -238,6 +238,24 @@ def _drop(exc: BaseException) -> None:
         exc = nxt  # type: ignore[assignment]
 
 
+def wants_event_stream(accept: str | None) -> bool:
+    """True when an ``Accept`` header asks for ``text/event-stream`` by name (with a q-value
+    above 0). Wildcards do not: a client that accepts anything gets the JSON answer."""
+    for media_range in (accept or "").split(","):
+        kind, *params = (part.strip() for part in media_range.split(";"))
+        if kind.lower() != "text/event-stream":
+            continue
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
 def sse_frames(job_id: str, batch: list[Entry], job: bytes | None = None) -> bytes:
     """A batch of entries as SSE events (``id``, ``event``, ``data`` = the event's JSON), byte
     for byte what sse-starlette's ``ServerSentEvent(id=, event=, data=model_dump_json())``

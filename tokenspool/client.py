@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel
 from .accumulator import Accumulator
 from .errors import ClientError, JobNotFoundError, StreamGoneError, TokenspoolError
 from .events import ContentDelta, Event, JobFailed, JobRetrying, ObjectDelta, from_json, is_terminal
-from .jobs import JobAccepted, JobView
+from .jobs import JOB_ID_HEADER, JobAccepted, JobView
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -151,29 +152,60 @@ class AsyncClient:
         self._raise_for(response)
         return [JobView.model_validate(item) for item in response.json()]
 
-    async def events(self, job_id: str, after: str = "0") -> AsyncIterator[Event]:
+    def events(self, job_id: str, after: str = "0") -> AsyncIterator[Event]:
         """The job's events from ``after`` to the terminal one, across dropped connections.
 
         After a dropped connection it reconnects with ``Last-Event-ID`` set to the last event
         it yielded, so nothing is repeated or missed. Events are read only as fast as the
         caller consumes them.
         """
+        return self._follow(job_id, after)
+
+    def stream(
+        self,
+        model: str,
+        messages: list[dict[str, Any]] | str,
+        *,
+        idempotency_key: str | None = None,
+        **params: Any,
+    ) -> AsyncIterator[Event]:
+        """Queue a chat completion and yield its events from the start, in one request
+        (``POST /v1/jobs`` with ``Accept: text/event-stream``): the first token comes one round
+        trip sooner than ``submit`` then ``events``. A dropped connection resumes as in
+        :meth:`events`; one dropped before the job id arrived sends the same request again
+        under the same ``Idempotency-Key`` (a new one is made if none is given), so it never
+        queues the job twice."""
+        submit = (job_body(model, messages, params), idempotency_key or uuid.uuid4().hex)
+        return self._follow(None, "0", submit)
+
+    async def _follow(
+        self, job_id: str | None, after: str, submit: tuple[dict[str, Any], str] | None = None
+    ) -> AsyncIterator[Event]:
+        """``job_id``'s events after ``after``; with ``job_id`` None, the events of the job
+        ``submit`` (body, idempotency key) queues, from its start."""
         last = after
         failures = 0
         while True:
+            if job_id is None:
+                assert submit is not None, "a job id or a job to submit"
+                body, key = submit
+                method, url = "POST", "/v1/jobs"
+                options: dict[str, Any] = {"json": body, "headers": {"Idempotency-Key": key}}
+            else:
+                method, url = "GET", f"/v1/jobs/{job_id}/events"
+                options = {"headers": {"Last-Event-ID": last}}
             try:
-                async with aconnect_sse(
-                    self._http,
-                    "GET",
-                    f"/v1/jobs/{job_id}/events",
-                    headers={"Last-Event-ID": last},
-                ) as source:
+                async with aconnect_sse(self._http, method, url, **options) as source:
                     if source.response.status_code in TRANSIENT_STATUS:
                         await source.response.aread()
                         raise _Transient(source.response.status_code, "temporarily unavailable")
                     if source.response.status_code != 200:
                         await source.response.aread()
                         self._raise_for(source.response, job_id)
+                        if job_id is None:  # queued, but answered in JSON: follow it
+                            job_id = JobAccepted.model_validate(source.response.json()).id
+                            continue
+                    job_id = job_id or source.response.headers[JOB_ID_HEADER]
                     async for sse in source.aiter_sse():
                         if not sse.data:
                             continue
@@ -192,7 +224,10 @@ class AsyncClient:
                     raise
                 delay = RECONNECT_DELAYS[min(failures - 1, len(RECONNECT_DELAYS) - 1)]
                 log.info(
-                    "job %s: events connection lost (%s); resuming after %s", job_id, exc, last
+                    "job %s: events connection lost (%s); resuming after %s",
+                    job_id or "(not known yet)",
+                    exc,
+                    last,
                 )
                 await asyncio.sleep(delay)
 
@@ -205,22 +240,21 @@ class AsyncClient:
     async def stream_text(
         self, model: str, messages: list[dict[str, Any]] | str, **params: Any
     ) -> AsyncIterator[str]:
-        """Submit, then yield the answer's text as it arrives.
+        """Submit and yield the answer's text as it arrives (one request, as :meth:`stream`).
 
         If the job is retried after text was yielded, :class:`OutputRestartedError` is raised
         (the text so far belonged to a superseded attempt); a failed job raises
         :class:`JobFailedError`.
         """
-        accepted = await self.submit(model, messages, **params)
         yielded = False
-        async for event in self.events(accepted.id):
+        async for event in self.stream(model, messages, **params):
             if isinstance(event, ContentDelta):
                 yielded = True
                 yield event.text
             elif isinstance(event, JobRetrying) and yielded:
-                raise OutputRestartedError(accepted.id, event.next_attempt)
+                raise OutputRestartedError(event.job_id, event.next_attempt)
             elif isinstance(event, JobFailed):
-                raise JobFailedError(accepted.id, event.error.type, event.error.message)
+                raise JobFailedError(event.job_id, event.error.type, event.error.message)
 
     async def accumulate(self, job_id: str, after: str = "0") -> Accumulator:
         """Follow a job to its end and fold its events (the winning attempt's output)."""
@@ -256,13 +290,15 @@ class AsyncClient:
         Partial instances are built with ``model_construct`` (unvalidated, fields missing until
         they arrive); the last item is validated against ``response_model``.
         """
-        accepted = await self.submit(
+        job_id = ""
+        events = self.stream(
             model, messages, response_format=schema_format(response_model), **params
         )
-        async for event in self.events(accepted.id):
+        async for event in events:
+            job_id = event.job_id
             if isinstance(event, ObjectDelta) and isinstance(event.value, dict):
                 yield response_model.model_construct(**event.value)
             elif isinstance(event, JobFailed):
-                raise JobFailedError(accepted.id, event.error.type, event.error.message)
-        view = await self.get(accepted.id)
+                raise JobFailedError(job_id, event.error.type, event.error.message)
+        view = await self.get(job_id)
         yield response_model.model_validate(view.output.parsed)

@@ -104,6 +104,9 @@ class JobView(BaseModel):
     events_url: str
 
 
+JOB_ID_HEADER = "X-Tokenspool-Job-Id"  # names the job of a response that streams a new one
+
+
 class JobAccepted(BaseModel):
     """Body of the 202 answer to ``POST /v1/jobs``."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -24,7 +25,7 @@ from .client import (
 )
 from .errors import TokenspoolError
 from .events import ContentDelta, Event, JobFailed, JobRetrying, ObjectDelta, from_json, is_terminal
-from .jobs import JobAccepted, JobView
+from .jobs import JOB_ID_HEADER, JobAccepted, JobView
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +97,37 @@ class Client:
     def events(self, job_id: str, after: str = "0") -> Iterator[Event]:
         """The job's events from ``after`` to the terminal one, across dropped connections
         (reconnecting with ``Last-Event-ID``); read only as fast as the caller consumes them."""
+        return self._follow(job_id, after)
+
+    def stream(
+        self,
+        model: str,
+        messages: list[dict[str, Any]] | str,
+        *,
+        idempotency_key: str | None = None,
+        **params: Any,
+    ) -> Iterator[Event]:
+        """Queue a chat completion and yield its events from the start, in one request (see
+        AsyncClient.stream)."""
+        submit = (job_body(model, messages, params), idempotency_key or uuid.uuid4().hex)
+        return self._follow(None, "0", submit)
+
+    def _follow(
+        self, job_id: str | None, after: str, submit: tuple[dict[str, Any], str] | None = None
+    ) -> Iterator[Event]:
         last = after
         failures = 0
         while True:
+            if job_id is None:
+                assert submit is not None, "a job id or a job to submit"
+                body, key = submit
+                method, url = "POST", "/v1/jobs"
+                options: dict[str, Any] = {"json": body, "headers": {"Idempotency-Key": key}}
+            else:
+                method, url = "GET", f"/v1/jobs/{job_id}/events"
+                options = {"headers": {"Last-Event-ID": last}}
             try:
-                with connect_sse(
-                    self._http,
-                    "GET",
-                    f"/v1/jobs/{job_id}/events",
-                    headers={"Last-Event-ID": last},
-                ) as source:
+                with connect_sse(self._http, method, url, **options) as source:
                     status = source.response.status_code
                     if status in TRANSIENT_STATUS:
                         source.response.read()
@@ -113,6 +135,10 @@ class Client:
                     if status != 200:
                         source.response.read()
                         raise_for_status(source.response, job_id)
+                        if job_id is None:  # queued, but answered in JSON: follow it
+                            job_id = JobAccepted.model_validate(source.response.json()).id
+                            continue
+                    job_id = job_id or source.response.headers[JOB_ID_HEADER]
                     for sse in source.iter_sse():
                         if not sse.data:
                             continue
@@ -129,7 +155,10 @@ class Client:
                 if failures > self.max_reconnects:
                     raise
                 log.info(
-                    "job %s: events connection lost (%s); resuming after %s", job_id, exc, last
+                    "job %s: events connection lost (%s); resuming after %s",
+                    job_id or "(not known yet)",
+                    exc,
+                    last,
                 )
                 time.sleep(RECONNECT_DELAYS[min(failures - 1, len(RECONNECT_DELAYS) - 1)])
 
@@ -149,17 +178,17 @@ class Client:
     def stream_text(
         self, model: str, messages: list[dict[str, Any]] | str, **params: Any
     ) -> Iterator[str]:
-        """Submit, then yield the answer's text as it arrives (see AsyncClient.stream_text)."""
-        accepted = self.submit(model, messages, **params)
+        """Submit and yield the answer's text as it arrives, in one request (see
+        AsyncClient.stream_text)."""
         yielded = False
-        for event in self.events(accepted.id):
+        for event in self.stream(model, messages, **params):
             if isinstance(event, ContentDelta):
                 yielded = True
                 yield event.text
             elif isinstance(event, JobRetrying) and yielded:
-                raise OutputRestartedError(accepted.id, event.next_attempt)
+                raise OutputRestartedError(event.job_id, event.next_attempt)
             elif isinstance(event, JobFailed):
-                raise JobFailedError(accepted.id, event.error.type, event.error.message)
+                raise JobFailedError(event.job_id, event.error.type, event.error.message)
 
     def structured(
         self,
@@ -184,12 +213,14 @@ class Client:
         **params: Any,
     ) -> Iterator[M]:
         """Partial (unvalidated) instances as the JSON grows, then the validated final one."""
-        accepted = self.submit(
+        job_id = ""
+        events = self.stream(
             model, messages, response_format=schema_format(response_model), **params
         )
-        for event in self.events(accepted.id):
+        for event in events:
+            job_id = event.job_id
             if isinstance(event, ObjectDelta) and isinstance(event.value, dict):
                 yield response_model.model_construct(**event.value)
             elif isinstance(event, JobFailed):
-                raise JobFailedError(accepted.id, event.error.type, event.error.message)
-        yield response_model.model_validate(self.get(accepted.id).output.parsed)
+                raise JobFailedError(job_id, event.error.type, event.error.message)
+        yield response_model.model_validate(self.get(job_id).output.parsed)
