@@ -8,15 +8,22 @@ each send time recorded, so no sleep drift enters the figure. All processes read
 clock (``time.time()``). The Redis entry id splits the path in two legs: provider → Redis
 (worker) and Redis → client (API and SSE), each with ±1 ms from the id's millisecond steps.
 
-Each stream's job is submitted with ``POST /v1/jobs`` (32 at a time) through the bench's own
-lean HTTP client (``sse.post_json``): httpx costs the client about ten times the CPU per request,
-on the cores the streams already running are measured on.
+Each stream is one request, ``POST /v1/jobs`` with ``Accept: text/event-stream``, which queues
+the job and streams its events (32 waiting for their answer at a time), through the bench's own
+lean HTTP client (``sse.submit_and_follow``): httpx costs the client about ten times the CPU per
+request, on the cores the streams already running are measured on. With a POST and then a GET,
+the job started before its reader connected: in the ramp of a 500-stream level the reader's
+first event came a median 77-117 ms after the provider's first chunk, and the chunks sent before
+it (about 1% of a level) counted that wait as relay latency. ``ONE_REQUEST = False`` measures
+that way again. The minimal relay (the floor) has no such route: its jobs are queued with RPUSH
+and then followed with a GET.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import os
 import time
@@ -38,6 +45,7 @@ STEADY_CORES = (
     "all streams running: CPU cores busy, machine; worker / API / Redis / provider / client"
 )
 MAX_JOBS = 2500  # per worker: every stream of a level runs at once
+ONE_REQUEST = True  # tokenspool's streams: submit and follow in one request (module docstring)
 _ids = itertools.count()
 
 
@@ -99,14 +107,25 @@ class Target:
     pids: dict[str, int]  # by role: "worker …", "api", "redis", "clocked provider"
     submit: Callable[[str], Awaitable[str]]  # prompt -> job id
     port: int  # where GET /v1/jobs/{id}/events is served
+    # prompt, sink, within, answered -> job id: queue and follow in one request, if it can
+    stream: Callable[[str, sse.Sink, float, Callable[[], None]], Awaitable[str]] | None = None
 
 
 def tokenspool_target(ctx: Context, driver: Driver) -> Target:
     async def submit(prompt: str) -> str:
         return await driver.submit_lean(prompt, CLOCKED_MODEL)
 
+    async def stream(
+        prompt: str, sink: sse.Sink, within: float, answered: Callable[[], None]
+    ) -> str:
+        body = {"model": CLOCKED_MODEL, "messages": [{"role": "user", "content": prompt}]}
+        return await sse.submit_and_follow(
+            "127.0.0.1", port, json.dumps(body).encode(), sink, within=within, answered=answered
+        )
+
     pids = {k: v for k, v in ctx.stack().pids().items() if k != "fake provider"}
-    return Target(pids, submit, ctx.stack().api_port)
+    port = ctx.stack().api_port
+    return Target(pids, submit, port, stream if ONE_REQUEST else None)
 
 
 def minimal_target(ctx: Context, driver: Driver, worker: int, api: int, port: int) -> Target:
@@ -123,6 +142,22 @@ async def _stream(
     target: Target, prompt: str, gate: asyncio.Semaphore, within: float
 ) -> tuple[str, sse.StreamLog | None, str]:
     try:
+        if target.stream is not None:  # one request; the gate holds until it is answered
+            log = sse.StreamLog("")
+            await gate.acquire()
+            held = True
+
+            def answered() -> None:
+                nonlocal held
+                if held:
+                    held = False
+                    gate.release()
+
+            try:
+                log.job_id = await target.stream(prompt, log, within, answered)
+            finally:
+                answered()
+            return prompt, log, ""
         async with gate:
             job_id = await target.submit(prompt)
         log = sse.StreamLog(job_id)

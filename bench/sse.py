@@ -56,10 +56,17 @@ class StreamLog:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, request: bytes, sink: Sink, done: asyncio.Future[None]) -> None:
+    def __init__(
+        self,
+        request: bytes,
+        sink: Sink,
+        done: asyncio.Future[None],
+        on_head: Callable[[str], None] | None = None,
+    ) -> None:
         self.request = request
         self.sink = sink
         self.done = done
+        self.on_head = on_head  # called with the response head once it is read (status 200)
         self.transport: asyncio.BaseTransport | None = None
         self.raw = bytearray()
         self.body = bytearray()
@@ -87,6 +94,8 @@ class _Protocol(asyncio.Protocol):
                 return
             self.chunked = "transfer-encoding: chunked" in head.lower()
             self.head_done = True
+            if self.on_head is not None:
+                self.on_head(head)
         if self.chunked:
             self._dechunk()
         else:
@@ -158,6 +167,47 @@ async def follow(host: str, port: int, job_id: str, sink: Sink, *, within: float
             await done
     finally:
         transport.close()
+
+
+async def submit_and_follow(
+    host: str,
+    port: int,
+    body: bytes,
+    sink: Sink,
+    *,
+    within: float = 120.0,
+    answered: Callable[[], None] | None = None,
+) -> str:
+    """Queue a job and read its events until the terminal one, in one request (``POST
+    /v1/jobs`` with ``Accept: text/event-stream``); return its id. ``answered`` is called once
+    the response head has arrived (the job is queued). Raises as ``follow``."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    job_id = ""
+
+    def on_head(head: str) -> None:
+        nonlocal job_id
+        for line in head.split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "x-tokenspool-job-id":
+                job_id = value.strip()
+        if answered is not None:
+            answered()
+
+    request = (
+        b"POST /v1/jobs HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+        b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
+        % (host.encode(), port, len(body), body)
+    )
+    transport, _ = await loop.create_connection(
+        lambda: _Protocol(request, sink, done, on_head), host, port
+    )
+    try:
+        async with asyncio.timeout(within):
+            await done
+    finally:
+        transport.close()
+    return job_id
 
 
 async def post_json(host: str, port: int, path: str, body: bytes, *, within: float = 30.0) -> bytes:

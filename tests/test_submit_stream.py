@@ -122,9 +122,7 @@ async def test_post_without_asking_for_an_event_stream_still_answers_202_json(
         ("text/event-stream;q=oops", False),
     ],
 )
-def test_only_an_accept_naming_event_stream_asks_for_one(
-    accept: str | None, wanted: bool
-) -> None:
+def test_only_an_accept_naming_event_stream_asks_for_one(accept: str | None, wanted: bool) -> None:
     assert wants_event_stream(accept) is wanted
 
 
@@ -145,9 +143,10 @@ async def test_client_stream_submits_and_follows_in_one_request_across_drops(
     assert drops >= 3 and client.reconnects >= 3
     assert len(ids) == len(set(ids))
     assert seen[0].type == "job.queued" and seen[-1].type == "job.completed"
-    assert "".join(e.text for e in seen if e.type == "content.delta") == expected(
-        "fake-gpt", prompt
-    ).text
+    assert (
+        "".join(e.text for e in seen if e.type == "content.delta")
+        == expected("fake-gpt", prompt).text
+    )
     async with AsyncClient(stack.api_url) as direct:
         assert [e.event_id async for e in direct.events(seen[0].job_id)] == ids
 
