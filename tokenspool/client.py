@@ -86,6 +86,19 @@ def schema_format(response_model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+def events_request(
+    job_id: str | None, last: str, submit: tuple[dict[str, Any], str] | None
+) -> tuple[str, str, dict[str, Any]]:
+    """Method, path and httpx options of the next events request: the job's stream after
+    ``last``, or (``job_id`` None) the POST that queues ``submit`` (body, idempotency key) and
+    streams it from its start."""
+    if job_id is not None:
+        return "GET", f"/v1/jobs/{job_id}/events", {"headers": {"Last-Event-ID": last}}
+    assert submit is not None, "a job id or a job to submit"
+    body, key = submit
+    return "POST", "/v1/jobs", {"json": body, "headers": {"Idempotency-Key": key}}
+
+
 class AsyncClient:
     """Talks to a tokenspool API over HTTP (httpx, async); :class:`tokenspool.Client` is the
     synchronous twin with the same methods."""
@@ -186,14 +199,7 @@ class AsyncClient:
         last = after
         failures = 0
         while True:
-            if job_id is None:
-                assert submit is not None, "a job id or a job to submit"
-                body, key = submit
-                method, url = "POST", "/v1/jobs"
-                options: dict[str, Any] = {"json": body, "headers": {"Idempotency-Key": key}}
-            else:
-                method, url = "GET", f"/v1/jobs/{job_id}/events"
-                options = {"headers": {"Last-Event-ID": last}}
+            method, url, options = events_request(job_id, last, submit)
             try:
                 async with aconnect_sse(self._http, method, url, **options) as source:
                     if source.response.status_code in TRANSIENT_STATUS:

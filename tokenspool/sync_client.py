@@ -19,6 +19,7 @@ from .client import (
     JobFailedError,
     OutputRestartedError,
     _Transient,
+    events_request,
     job_body,
     raise_for_status,
     schema_format,
@@ -118,14 +119,7 @@ class Client:
         last = after
         failures = 0
         while True:
-            if job_id is None:
-                assert submit is not None, "a job id or a job to submit"
-                body, key = submit
-                method, url = "POST", "/v1/jobs"
-                options: dict[str, Any] = {"json": body, "headers": {"Idempotency-Key": key}}
-            else:
-                method, url = "GET", f"/v1/jobs/{job_id}/events"
-                options = {"headers": {"Last-Event-ID": last}}
+            method, url, options = events_request(job_id, last, submit)
             try:
                 with connect_sse(self._http, method, url, **options) as source:
                     status = source.response.status_code
