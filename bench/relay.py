@@ -8,33 +8,23 @@ each send time recorded, so no sleep drift enters the figure. All processes read
 clock (``time.time()``). The Redis entry id splits the path in two legs: provider → Redis
 (worker) and Redis → client (API and SSE), each with ±1 ms from the id's millisecond steps.
 
-Each stream is one request, ``POST /v1/jobs`` with ``Accept: text/event-stream``, which queues
-the job and streams its events (32 waiting for their answer at a time), through the bench's own
-lean HTTP client (``sse.submit_and_follow``): httpx costs the client about ten times the CPU per
-request, on the cores the streams already running are measured on. With a POST and then a GET,
-the job started before its reader connected: in the ramp of a 500-stream level the reader's
-first event came a median 77-117 ms after the provider's first chunk, and the chunks sent before
-it (about 1% of a level) counted that wait as relay latency. ``ONE_REQUEST = False`` measures
-that way again. The minimal relay (the floor) has no such route: its jobs are queued with RPUSH
-and then followed with a GET.
+How each stream is queued and read, and by what client: ``bench/relay_targets.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import math
 import os
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from . import minimal_relay, procstat, sse
+from . import procstat, sse
 from .context import Context
 from .driver import Driver, entry_time, redis_counters, top_commands
 from .looplag import LoopLag
+from .relay_targets import Target, minimal_target, tokenspool_target
 from .results import GroupResult, ms, num, times, us
 from .stacks import CLOCKED_MODEL
 from .stats import Summary
@@ -45,7 +35,6 @@ STEADY_CORES = (
     "all streams running: CPU cores busy, machine; worker / API / Redis / provider / client"
 )
 MAX_JOBS = 2500  # per worker: every stream of a level runs at once
-ONE_REQUEST = True  # tokenspool's streams: submit and follow in one request (module docstring)
 _ids = itertools.count()
 
 
@@ -100,68 +89,12 @@ class Level:
         return f"{len(self.errors)} of {self.streams}"
 
 
-@dataclass
-class Target:
-    """What a level drives: tokenspool's stack, or the minimal relay of the same shape."""
-
-    pids: dict[str, int]  # by role: "worker …", "api", "redis", "clocked provider"
-    submit: Callable[[str], Awaitable[str]]  # prompt -> job id
-    port: int  # where GET /v1/jobs/{id}/events is served
-    # prompt, sink, within, answered -> job id: queue and follow in one request, if it can
-    stream: Callable[[str, sse.Sink, float, Callable[[], None]], Awaitable[str]] | None = None
-
-
-def tokenspool_target(ctx: Context, driver: Driver) -> Target:
-    async def submit(prompt: str) -> str:
-        return await driver.submit_lean(prompt, CLOCKED_MODEL)
-
-    async def stream(
-        prompt: str, sink: sse.Sink, within: float, answered: Callable[[], None]
-    ) -> str:
-        body = {"model": CLOCKED_MODEL, "messages": [{"role": "user", "content": prompt}]}
-        return await sse.submit_and_follow(
-            "127.0.0.1", port, json.dumps(body).encode(), sink, within=within, answered=answered
-        )
-
-    pids = {k: v for k, v in ctx.stack().pids().items() if k != "fake provider"}
-    port = ctx.stack().api_port
-    return Target(pids, submit, port, stream if ONE_REQUEST else None)
-
-
-def minimal_target(ctx: Context, driver: Driver, worker: int, api: int, port: int) -> Target:
-    async def submit(prompt: str) -> str:
-        job_id = f"bench:minimal:{uuid.uuid4().hex}"
-        await driver.redis.rpush(minimal_relay.QUEUE, f"{job_id}\t{prompt}")
-        return job_id
-
-    pids = {k: v for k, v in ctx.stack().pids().items() if k in ("redis", "clocked provider")}
-    return Target({**pids, "worker": worker, "api": api}, submit, port)
-
-
 async def _stream(
     target: Target, prompt: str, gate: asyncio.Semaphore, within: float
 ) -> tuple[str, sse.StreamLog | None, str]:
+    log = sse.StreamLog("")
     try:
-        if target.stream is not None:  # one request; the gate holds until it is answered
-            log = sse.StreamLog("")
-            await gate.acquire()
-            held = True
-
-            def answered() -> None:
-                nonlocal held
-                if held:
-                    held = False
-                    gate.release()
-
-            try:
-                log.job_id = await target.stream(prompt, log, within, answered)
-            finally:
-                answered()
-            return prompt, log, ""
-        async with gate:
-            job_id = await target.submit(prompt)
-        log = sse.StreamLog(job_id)
-        await sse.follow("127.0.0.1", target.port, job_id, log, within=within)
+        await target.follow(prompt, log, within, gate)
         return prompt, log, ""
     except Exception as exc:  # one failed stream is a data point, not the end of the run
         return prompt, None, f"{type(exc).__name__}: {exc}"
