@@ -201,10 +201,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status = JobStatus.queued
         if not created:
             response.status_code = 200
-            try:
-                status = (await s.view(job_id)).status
-            except JobNotFoundError:
-                status = JobStatus.queued  # the first request is still writing it
+            # the key is written with its job (queue.submit), so the job exists unless it
+            # expired since: then 404
+            status = (await s.view(job_id)).status
         return JobAccepted(id=job_id, status=status, events_url=events_url(job_id))
 
     @app.get("/v1/jobs", response_model=list[JobView])

@@ -59,11 +59,12 @@ class JobStateError(TokenspoolError):
 class IdempotencyConflictError(TokenspoolError):
     """An Idempotency-Key was reused with a different request body."""
 
-    def __init__(self, key: str, job_id: str) -> None:
+    def __init__(self, key: str, job_id: str, message: str = "") -> None:
         self.key = key
         self.job_id = job_id
         super().__init__(
-            f"Idempotency-Key {key!r} was already used for job {job_id} with a different body"
+            message
+            or f"Idempotency-Key {key!r} was already used for job {job_id} with a different body"
         )
 
 

@@ -11,6 +11,7 @@ from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
 
 from .errors import IdempotencyConflictError, JobStateError
 from .jobs import JobPayload, JobRequest, new_job_id
@@ -18,6 +19,7 @@ from .model_list import ModelList
 from .store import JobStore
 
 RUN_JOB = "run_job"  # the arq function name the workers register
+CLAIM_ATTEMPTS = 3  # transactions an idempotent submission tries before it answers 409
 
 # arq's enqueue_job (which checks the keys under WATCH, then PSETEX and ZADD in MULTI/EXEC) as
 # one script, plus the workers' wake-up. KEYS: arq's job key, result key, queue; ARGV: job id,
@@ -44,34 +46,74 @@ async def submit(
     (``created`` False); the same key with another body raises IdempotencyConflictError.
     """
     models.check(request.model)
-    job_id = new_job_id()
     if idempotency_key is not None:
-        body = request.model_dump_json(exclude_none=True).encode()
-        fingerprint = hashlib.sha256(body).hexdigest()
-        key = store.keys.idempotency(idempotency_key)
-        claimed = await pool.set(
-            key,
-            json.dumps({"job_id": job_id, "fingerprint": fingerprint}),
-            nx=True,
-            ex=store.settings.retention_seconds,
-        )
-        if not claimed:
-            raw = await pool.get(key)
-            if raw is not None:
-                existing = json.loads(raw)
-                if existing["fingerprint"] != fingerprint:
-                    raise IdempotencyConflictError(idempotency_key, existing["job_id"])
-                return str(existing["job_id"]), False
-    payload = JobPayload(job_id=job_id, request=request)
+        return await _submit_once(store, pool, request, idempotency_key)
+    job_id = new_job_id()
     # one transaction: the job's record and job.queued, then arq's job, then the wake-up (idle
     # workers pick it up at once); no worker can see the job before its stream exists
     async with store.redis.pipeline(transaction=True) as pipe:
-        store.add_create(pipe, job_id, request)
-        add_enqueue(pipe, pool, store, job_id, payload)
+        _add_job(pipe, store, pool, job_id, request)
         replies = await pipe.execute()
+    _check_enqueued(job_id, replies)
+    return job_id, True
+
+
+async def _submit_once(
+    store: JobStore, pool: ArqRedis, request: JobRequest, idempotency_key: str
+) -> tuple[str, bool]:
+    """``submit`` under an idempotency key: the key is written in the same transaction as the
+    job it names (optimistic, under WATCH), so a key never names a job still being written, or
+    one whose writing failed. Two requests racing with one key: the loser's transaction aborts
+    and it answers with the winner's job."""
+    body = request.model_dump_json(exclude_none=True).encode()
+    fingerprint = hashlib.sha256(body).hexdigest()
+    key = store.keys.idempotency(idempotency_key)
+    existing_id = ""
+    for _ in range(CLAIM_ATTEMPTS):
+        async with store.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(key)
+            raw = await pipe.get(key)
+            if raw is not None:
+                existing = json.loads(raw)
+                existing_id = str(existing["job_id"])
+                if existing["fingerprint"] != fingerprint:
+                    raise IdempotencyConflictError(idempotency_key, existing_id)
+                if await pipe.exists(store.keys.job(existing_id)):
+                    return existing_id, False
+                # the job it named has expired: the key is taken again, for a new job
+            job_id = new_job_id()
+            pipe.multi()
+            pipe.set(
+                key,
+                json.dumps({"job_id": job_id, "fingerprint": fingerprint}),
+                ex=store.settings.retention_seconds,
+            )
+            _add_job(pipe, store, pool, job_id, request)
+            try:
+                replies = await pipe.execute()
+            except WatchError:
+                continue  # another request with this key wrote it first: answer with its job
+        _check_enqueued(job_id, replies)
+        return job_id, True
+    # the key changed under every attempt: requests with it keep racing
+    raise IdempotencyConflictError(
+        idempotency_key,
+        existing_id,
+        f"Idempotency-Key {idempotency_key!r} changed under {CLAIM_ATTEMPTS} attempts to use it;"
+        " send the request again",
+    )
+
+
+def _add_job(
+    pipe: Pipeline, store: JobStore, pool: ArqRedis, job_id: str, request: JobRequest
+) -> None:
+    store.add_create(pipe, job_id, request)
+    add_enqueue(pipe, pool, store, job_id, JobPayload(job_id=job_id, request=request))
+
+
+def _check_enqueued(job_id: str, replies: list[object]) -> None:
     if replies[-1] != 1:  # the id is new, so arq's keys cannot exist yet
         raise JobStateError(job_id, "queued in arq", "enqueue")
-    return job_id, True
 
 
 def add_enqueue(
