@@ -65,6 +65,25 @@ class Driver:
         job_id: str = json.loads(answer)["id"]
         return job_id
 
+    async def submit_and_follow(
+        self, prompt: str, log: sse.StreamLog, within: float = 120.0, model: str = FAKE_MODEL
+    ) -> Submitted:
+        """Queue a job and follow it in one request (``POST /v1/jobs`` with ``Accept:
+        text/event-stream``), as the Python clients do. ``returned_at`` is when the response
+        head was read: the job is queued by then."""
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}]})
+        returned = 0.0
+
+        def answered() -> None:
+            nonlocal returned
+            returned = time.time()
+
+        sent = time.time()
+        log.job_id = await sse.submit_and_follow(
+            "127.0.0.1", self.stack.api_port, body.encode(), log, within=within, answered=answered
+        )
+        return Submitted(log.job_id, prompt, sent, returned)
+
     async def submit_many(
         self, prompts: Sequence[str], model: str = FAKE_MODEL, concurrency: int = 32
     ) -> list[Submitted]:
