@@ -10,7 +10,6 @@ import httpx
 import pytest
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tokenspool import queue
@@ -95,16 +94,16 @@ async def test_a_submission_whose_write_fails_leaves_its_key_free_for_the_retry(
     models = ModelList.load(settings.models_file)
     request = JobRequest.model_validate(_body("write fails once [fake chunks=1]"))
     key = _key()["Idempotency-Key"]
-    real_execute = Pipeline.execute
+    real_transaction = queue.transaction
     failures: list[str] = []
 
-    async def execute_failing_once(self: Pipeline, raise_on_error: bool = True) -> Any:
+    async def transaction_failing_once(conn: Any, commands: list[Any]) -> Any:
         if not failures:  # the connection drops before the job's transaction is sent
             failures.append("dropped")
             raise RedisConnectionError("connection lost before EXEC")
-        return await real_execute(self, raise_on_error)
+        return await real_transaction(conn, commands)
 
-    monkeypatch.setattr(Pipeline, "execute", execute_failing_once)
+    monkeypatch.setattr(queue, "transaction", transaction_failing_once)
     with pytest.raises(RedisConnectionError):
         await queue.submit(store, redis, models, request, key)
     job_id, created = await queue.submit(store, redis, models, request, key)

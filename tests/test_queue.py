@@ -9,7 +9,7 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 
 from tokenspool import queue
-from tokenspool.connections import job_deserializer
+from tokenspool.connections import held, job_deserializer, transaction
 from tokenspool.jobs import JobPayload, JobRequest, new_job_id
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore
@@ -26,10 +26,9 @@ async def test_a_queued_job_is_stored_as_arqs_enqueue_job_stores_it(
     pubsub = redis.pubsub()
     await pubsub.subscribe(store.keys.wake_channel)
     try:
-        async with redis.pipeline(transaction=True) as pipe:
-            queue.add_enqueue(pipe, redis, store, ours, payload)
-            queue.add_enqueue(pipe, redis, store, ours, payload)  # the same id again
-            added = await pipe.execute()
+        enqueue = queue.enqueue_command(redis, store, ours, payload)
+        async with held(redis) as conn:
+            added = await transaction(conn, [enqueue, enqueue])  # the same id again
         await redis.enqueue_job(
             queue.RUN_JOB,
             payload.model_dump(mode="json", exclude_none=True),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
 
 import hiredis
 from arq.connections import ArqRedis
@@ -12,6 +15,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .settings import Settings
 
@@ -85,6 +89,33 @@ async def read_replies(conn: Connection, count: int) -> list[Any]:
     return replies
 
 
+ROUND_TRIP_SECONDS = 10.0  # deadline of a round trip on a connection without a socket timeout
+
+
+@asynccontextmanager
+async def held(redis: Redis) -> AsyncIterator[Connection]:
+    """A connection of ``redis``'s pool, held for several round trips (a WATCH ... EXEC)."""
+    pool = redis.connection_pool
+    conn = await pool.get_connection()
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
+
+
+async def round_trip(conn: Connection, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """The replies of ``commands`` sent as one pipeline on ``conn``, error replies as values
+    (:func:`read_replies`), within the connection's socket timeout (or ``ROUND_TRIP_SECONDS``);
+    past it the connection is dropped and the Redis timeout raised, as redis-py does."""
+    limit = conn.socket_timeout or ROUND_TRIP_SECONDS
+    try:
+        async with asyncio.timeout(limit):
+            await conn.send_packed_command(pack(commands))
+            return await read_replies(conn, len(commands))
+    except TimeoutError as exc:
+        raise RedisTimeoutError(f"no answer from Redis within {limit}s") from exc
+
+
 async def pipelined(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
     """The replies of ``commands`` sent as one non-transactional pipeline on a connection of
     ``redis``'s pool, error replies as values: what ``Pipeline.execute(raise_on_error=False)``
@@ -92,13 +123,27 @@ async def pipelined(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
     :func:`read_replies`. redis-py takes about 20 µs of CPU per command packing and parsing a
     pipeline of script calls; for the worker's lease renewals (every held lease, every second)
     that was 45 ms a second, in one block, at 2,000 streams."""
-    pool = redis.connection_pool
-    conn = await pool.get_connection()
-    try:
-        await conn.send_packed_command(pack(commands))
-        return await read_replies(conn, len(commands))
-    finally:
-        await pool.release(conn)
+    async with held(redis) as conn:
+        return await round_trip(conn, commands)
+
+
+async def transaction(conn: Connection, commands: list[tuple[Any, ...]]) -> list[Any] | None:
+    """``commands`` in MULTI ... EXEC on ``conn``, in one round trip: their replies, or None
+    if a key the connection WATCHes changed (nothing ran). A command Redis refuses, or one
+    that fails as it runs, is raised."""
+    replies = await round_trip(conn, [("MULTI",), *commands, ("EXEC",)])
+    for reply in replies[:-1]:  # refused while queued: EXEC then aborts them all
+        if isinstance(reply, Exception):
+            raise reply
+    result = replies[-1]
+    if isinstance(result, Exception):
+        raise result
+    if result is None:
+        return None
+    for reply in result:
+        if isinstance(reply, Exception):
+            raise reply
+    return cast(list[Any], result)
 
 
 async def _reply(conn: Connection) -> Any:

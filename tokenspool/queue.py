@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import cast
+from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
-from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
 
+from .connections import held, round_trip, transaction
 from .errors import IdempotencyConflictError, JobStateError
 from .jobs import JobPayload, JobRequest, new_job_id
 from .model_list import ModelList
@@ -51,10 +50,10 @@ async def submit(
     job_id = new_job_id()
     # one transaction: the job's record and job.queued, then arq's job, then the wake-up (idle
     # workers pick it up at once); no worker can see the job before its stream exists
-    async with store.redis.pipeline(transaction=True) as pipe:
-        _add_job(pipe, store, pool, job_id, request)
-        replies = await pipe.execute()
-    _check_enqueued(job_id, replies)
+    async with held(store.redis) as conn:
+        result = await transaction(conn, _job_commands(store, pool, job_id, request))
+    assert result is not None, "no key is watched"
+    _check_enqueued(job_id, result)
     return job_id, True
 
 
@@ -70,30 +69,35 @@ async def _submit_once(
     key = store.keys.idempotency(idempotency_key)
     existing_id = ""
     for _ in range(CLAIM_ATTEMPTS):
-        async with store.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(key)
-            raw = await pipe.get(key)
-            if raw is not None:
-                existing = json.loads(raw)
-                existing_id = str(existing["job_id"])
-                if existing["fingerprint"] != fingerprint:
-                    raise IdempotencyConflictError(idempotency_key, existing_id)
-                if await pipe.exists(store.keys.job(existing_id)):
-                    return existing_id, False
-                # the job it named has expired: the key is taken again, for a new job
-            job_id = new_job_id()
-            pipe.multi()
-            pipe.set(
-                key,
-                json.dumps({"job_id": job_id, "fingerprint": fingerprint}),
-                ex=store.settings.retention_seconds,
-            )
-            _add_job(pipe, store, pool, job_id, request)
+        async with held(store.redis) as conn:
             try:
-                replies = await pipe.execute()
-            except WatchError:
-                continue  # another request with this key wrote it first: answer with its job
-        _check_enqueued(job_id, replies)
+                _, raw = await round_trip(conn, [("WATCH", key), ("GET", key)])
+                if raw is not None:
+                    existing = json.loads(raw)
+                    existing_id = str(existing["job_id"])
+                    if existing["fingerprint"] != fingerprint:
+                        raise IdempotencyConflictError(idempotency_key, existing_id)
+                    (exists,) = await round_trip(conn, [("EXISTS", store.keys.job(existing_id))])
+                    if exists:
+                        await round_trip(conn, [("UNWATCH",)])
+                        return existing_id, False
+                    # the job it named has expired: the key is taken again, for a new job
+                job_id = new_job_id()
+                claim = json.dumps({"job_id": job_id, "fingerprint": fingerprint})
+                result = await transaction(
+                    conn,
+                    [
+                        ("SET", key, claim, "EX", store.settings.retention_seconds),
+                        *_job_commands(store, pool, job_id, request),
+                    ],
+                )
+            except BaseException:
+                # no WATCH may outlive this request on a pooled connection
+                await conn.disconnect(nowait=True)
+                raise
+        if result is None:
+            continue  # another request with this key wrote it first: answer with its job
+        _check_enqueued(job_id, result)
         return job_id, True
     # the key changed under every attempt: requests with it keep racing
     raise IdempotencyConflictError(
@@ -104,26 +108,27 @@ async def _submit_once(
     )
 
 
-def _add_job(
-    pipe: Pipeline, store: JobStore, pool: ArqRedis, job_id: str, request: JobRequest
-) -> None:
-    store.add_create(pipe, job_id, request)
-    add_enqueue(pipe, pool, store, job_id, JobPayload(job_id=job_id, request=request))
+def _job_commands(
+    store: JobStore, pool: ArqRedis, job_id: str, request: JobRequest
+) -> list[tuple[Any, ...]]:
+    """The job's record and ``job.queued``, then arq's job and the wake-up."""
+    payload = JobPayload(job_id=job_id, request=request)
+    return [*store.create_commands(job_id, request), enqueue_command(pool, store, job_id, payload)]
 
 
-def _check_enqueued(job_id: str, replies: list[object]) -> None:
+def _check_enqueued(job_id: str, replies: list[Any]) -> None:
     if replies[-1] != 1:  # the id is new, so arq's keys cannot exist yet
         raise JobStateError(job_id, "queued in arq", "enqueue")
 
 
-def add_enqueue(
-    pipe: Pipeline, pool: ArqRedis, store: JobStore, job_id: str, payload: JobPayload
-) -> None:
-    """Queue on ``pipe`` what arq's ``enqueue_job(RUN_JOB, payload, _job_id=job_id)`` stores,
-    and the wake-up: the job serialized by arq, under arq's keys, with arq's expiry.
+def enqueue_command(
+    pool: ArqRedis, store: JobStore, job_id: str, payload: JobPayload
+) -> tuple[Any, ...]:
+    """What arq's ``enqueue_job(RUN_JOB, payload, _job_id=job_id)`` stores, and the wake-up,
+    as one script call: the job serialized by arq, under arq's keys, with arq's expiry.
 
     arq's enqueue_job takes three round trips of its own (WATCH, EXISTS, then MULTI/EXEC); as a
-    script it joins the job's other writes in one."""
+    script it joins the job's other writes in one transaction."""
     now = timestamp_ms()
     job = serialize_job(
         RUN_JOB,
@@ -133,7 +138,8 @@ def add_enqueue(
         now,
         serializer=pool.job_serializer,
     )
-    pipe.eval(
+    return (
+        "EVAL",
         ENQUEUE,
         3,
         job_key_prefix + job_id,
@@ -142,6 +148,6 @@ def add_enqueue(
         job_id,
         str(now),  # the score: due at once
         str(pool.expires_extra_ms),  # arq's expiry of a job due at once
-        cast(str, job),  # bytes: redis-py sends them as they are
+        job,
         store.keys.wake_channel,
     )

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, ResponseError
 
 from . import keys as k
 from . import scripts
 from .accumulator import Accumulator
-from .connections import pipelined
+from .connections import held, pipelined, transaction
 from .errors import FencedError, JobNotFoundError, JobStateError
 from .events import ErrorInfo, JobQueued, UsageInfo, as_text, from_entry
 from .jobs import JobRequest, JobStatus, JobView, Output
@@ -53,37 +52,51 @@ class JobStore:
 
     async def create(self, job_id: str, request: JobRequest) -> str:
         """Write the job hash and its ``job.queued`` event; returns that event's id."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            self.add_create(pipe, job_id, request)
-            result = await pipe.execute()
+        async with held(self.redis) as conn:
+            result = await transaction(conn, self.create_commands(job_id, request))
+        assert result is not None, "no key is watched"
         return as_text(result[1])
 
-    def add_create(self, pipe: Pipeline, job_id: str, request: JobRequest) -> None:
-        """Queue on ``pipe`` what ``create`` writes (six commands; the second one's reply is
-        the ``job.queued`` event's id)."""
+    def create_commands(self, job_id: str, request: JobRequest) -> list[tuple[Any, ...]]:
+        """What ``create`` writes, as raw commands for one transaction (six; the second one's
+        reply is the ``job.queued`` event's id)."""
         now = time.time()
         job_key, events_key = self.keys.job(job_id), self.keys.events(job_id)
-        queued = JobQueued(job_id=job_id, attempt=0, model=request.model)
-        pipe.hset(
-            job_key,
-            mapping={
-                k.F_STATUS: JobStatus.queued.value,
-                k.F_MODEL: request.model,
-                k.F_REQUEST: request.model_dump_json(exclude_none=True),
-                k.F_ATTEMPT: 0,
-                k.F_CREATED: repr(now),
-                k.F_ORDINAL: 1,
-            },
-        )
-        pipe.xadd(
-            events_key,
-            cast(dict[Any, Any], {k.E_ORDINAL: 1, **queued.to_fields()}),
-            maxlen=self.settings.stream_maxlen,
-        )
-        pipe.expire(job_key, self.active_ttl)
-        pipe.expire(events_key, self.active_ttl)
-        pipe.zadd(self.keys.jobs_index, {job_id: now})
-        pipe.zremrangebyrank(self.keys.jobs_index, 0, -10_001)  # keep the newest 10,000
+        queued = JobQueued(job_id=job_id, attempt=0, model=request.model).to_fields()
+        ttl = self.active_ttl
+        return [
+            (
+                "HSET",
+                job_key,
+                k.F_STATUS,
+                JobStatus.queued.value,
+                k.F_MODEL,
+                request.model,
+                k.F_REQUEST,
+                request.model_dump_json(exclude_none=True),
+                k.F_ATTEMPT,
+                0,
+                k.F_CREATED,
+                repr(now),
+                k.F_ORDINAL,
+                1,
+            ),
+            (
+                "XADD",
+                events_key,
+                "MAXLEN",
+                "~",
+                self.settings.stream_maxlen,
+                "*",
+                k.E_ORDINAL,
+                1,
+                *(v for pair in queued.items() for v in pair),
+            ),
+            ("EXPIRE", job_key, ttl),
+            ("EXPIRE", events_key, ttl),
+            ("ZADD", self.keys.jobs_index, repr(now), job_id),
+            ("ZREMRANGEBYRANK", self.keys.jobs_index, 0, -10_001),  # keep the newest 10,000
+        ]
 
     @property
     def lease_ms(self) -> int:
