@@ -68,7 +68,8 @@ TARGETS = [
         0.005,
         True,
         ms,
-        "POST returned → job.started received over SSE, 20 new jobs/s, 1 worker",
+        "POST answered (response head read) → job.started received, one request per job "
+        "(POST with Accept: text/event-stream), 20 new jobs/s, 1 worker",
     ),
     Target("pickup p99 ≤ 25 ms", "e2e.pickup_p99", 0.025, True, ms, "same"),
     Target(
@@ -77,7 +78,7 @@ TARGETS = [
         0.010,
         True,
         ms,
-        "first content.delta received - POST sent - scripted TTFT (100 ms)",
+        "first content.delta received - POST sent - scripted TTFT (100 ms), one request per job",
     ),
     Target("TTFT overhead p99 ≤ 30 ms at 20 new jobs/s", "e2e.ttft_p99", 0.030, True, ms, "same"),
     Target(
