@@ -272,8 +272,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         def push(batch: list[Entry]) -> bool:
             """Relay a batch handed over while the stream's task waits, if the connection
-            takes it at once (``Hub.tail``)."""
-            if not response.send_now(sse_frames(job_id, batch, job_json)):
+            takes it at once (``Hub.tail``). A declined batch goes through the stream's task,
+            which builds its frames itself: they are built here only once it will take them."""
+            if not response.can_send_now() or not response.send_now(
+                sse_frames(job_id, batch, job_json)
+            ):
                 return False
             metrics.relayed_batch("sse", [entry_id for entry_id, _ in batch], head.last)
             return True
