@@ -7,7 +7,7 @@ from arq.connections import ArqRedis
 
 from tokenspool.events import JobCompleted
 from tokenspool.jobs import JobRequest, new_job_id
-from tokenspool.leases import LeaseKeeper, Reaper
+from tokenspool.leases import RENEW_SLICE, LeaseKeeper, Reaper
 from tokenspool.settings import Settings
 from tokenspool.store import JobStore
 
@@ -79,3 +79,22 @@ async def test_a_lapsed_lease_of_this_processs_own_attempt_is_renewed_not_taken_
     assert taken == [orphan]  # the job no attempt here runs is taken over
     assert await store.expired(10) == [orphan]  # ours was renewed, and is not expired
     assert await store.renew({mine: 1}) == {mine: True}
+
+
+async def test_a_keeper_holding_more_leases_than_one_round_trip_renews_every_one(
+    redis: ArqRedis, settings: Settings
+) -> None:
+    store = JobStore(redis, settings.model_copy(update={"key_prefix": f"many-{new_job_id()}"}))
+    jobs = [await _running(store) for _ in range(RENEW_SLICE * 2 + 1)]
+    replaced = jobs[RENEW_SLICE + 3]  # in the second round trip
+    keeper = LeaseKeeper(store)
+    lost = {job_id: keeper.hold(job_id, 1) for job_id in jobs}
+    for job_id in jobs:
+        await store.release(job_id, 1)  # every lease lapsed
+    await store.release(replaced, 1)
+    assert (await store.start(replaced, "other-worker", owner_attempt=1)).attempt == 2
+
+    await keeper.renew_now()
+
+    assert [job_id for job_id, event in lost.items() if event.is_set()] == [replaced]
+    assert await store.expired(len(jobs)) == []  # each one of this keeper's was renewed
