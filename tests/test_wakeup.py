@@ -16,10 +16,11 @@ from tokenspool.connections import close, connect, job_deserializer, job_seriali
 from tokenspool.jobs import new_job_id
 from tokenspool.settings import Settings
 from tokenspool.stack import Stack, start_stack
+from tokenspool.tasks import stop_task
 from worker.wakeable import WakeableWorker
 
 from .conftest import stack_dir
-from .helpers import expected
+from .helpers import expected, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +155,50 @@ async def test_a_job_deferred_to_later_is_not_started_before_it_is_due(
 
     assert sorted(here.tasks) == [now[0].decode()]
     assert here.job_counter == 1
+
+
+async def test_a_wake_up_starts_the_job_it_names_without_reading_the_queue(
+    holding: HoldingWorkers,
+) -> None:
+    here, _ = holding.workers
+    polls: list[int] = []
+    poll = here._poll_iteration
+
+    async def counted_poll() -> None:
+        polls.append(len(here.tasks))
+        await poll()
+
+    here._poll_iteration = counted_poll  # type: ignore[method-assign]
+    running = asyncio.create_task(here.main())
+    try:
+        await wait_until(lambda: _true(polls))  # the poll at start (poll_delay: an hour)
+        ids = await holding.enqueue(3)
+        for job_id in ids:  # what the API's enqueue publishes
+            await holding.redis.publish(here.wake_channel, job_id)
+
+        await wait_until(lambda: _true(len(here.tasks) == 3))
+
+        assert sorted(here.tasks) == sorted(i.decode() for i in ids)
+        assert polls == [0]  # started from the messages; the queue was not read again
+    finally:
+        await stop_task(running)
+
+
+async def test_more_pending_wake_ups_than_max_woken_leave_the_jobs_to_a_poll(
+    holding: HoldingWorkers,
+) -> None:
+    here, _ = holding.workers
+    here.max_woken = 2
+    ids = await holding.enqueue(3)
+    for job_id in ids:
+        here._woken_by(job_id)
+
+    await here._start_woken()
+    assert not here.tasks and len(here._woken) == 2  # bounded, and not served
+
+    await here._poll_iteration()
+    assert sorted(here.tasks) == sorted(i.decode() for i in ids)
+
+
+async def _true(value: object) -> bool:
+    return bool(value)

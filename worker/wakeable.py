@@ -1,17 +1,23 @@
 """arq's worker, woken at once when a job is queued instead of only by its poll timer.
 
 arq polls its queue every ``poll_delay`` and, at each poll, re-checks every running job; a
-short poll buys pickup latency with CPU (docs/benchmarks.md). Here the API publishes on the
-wake channel after each enqueue, and the worker's loop waits for either that message or the
-(now long) poll delay. If a message is lost, the poll still finds the job.
+short poll buys pickup latency with CPU (docs/benchmarks.md). Here the API publishes the job's
+id on the wake channel after each enqueue, and the worker's loop waits for either that message
+or the poll delay. If a message is lost, the poll still finds the job.
 
-A job stays in arq's queue while it runs, and arq's ``start_jobs`` claims each queued id on its
-own under WATCH (WATCH, EXISTS, ZSCORE, then MULTI/PSETEX/EXEC: four round trips, or three to
-learn it runs already): with 200 streams running and 4 polls a second, 3,200 round trips a
-second for nothing, and four per job started. Here ids running in this process are skipped, and
-the claim is one script doing the same checks and PSETEX atomically (``CLAIM``), so the claims
-of a poll go out in one pipelined round trip. arq's accounting (its semaphore and job counter,
-``run_job`` and the task per job) is unchanged.
+The worker claims the ids it was woken for without reading the queue. The full poll (arq's
+``_poll_iteration``: read the due ids, start the free ones, drop the finished tasks) runs at
+start, every ``poll_delay``, and when more wake-ups are pending than ``max_woken``. A job stays
+in arq's queue while it runs, so a poll reads every running id: with 2,000 running, each
+``ZRANGEBYSCORE`` took 331 µs in Redis plus the worker's pass over its reply, and a poll per
+wake-up made that a poll per job while 2,000 streams started.
+
+arq's ``start_jobs`` claims each queued id on its own under WATCH (WATCH, EXISTS, ZSCORE, then
+MULTI/PSETEX/EXEC: four round trips, or three to learn it runs already): with 200 streams
+running and 4 polls a second, 3,200 round trips a second for nothing, and four per job started.
+Here ids running in this process are skipped, and the claim is one script doing the same checks
+and PSETEX atomically (``CLAIM``), so the claims of a poll go out in one pipelined round trip.
+arq's accounting (its semaphore and job counter, ``run_job`` and the task per job) is unchanged.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from tokenspool.tasks import stop_task
 
 log = logging.getLogger("tokenspool.worker")
 
+MAX_WOKEN = 10_000  # wake-ups held for the next claim; beyond them the worker polls instead
+
 # arq's claim of a queued job, atomic: not in progress anywhere, still queued and due, then
 # marked in progress. KEYS: in-progress key, queue; ARGV: job id, now (ms), in-progress TTL (ms).
 # Returns the job's queue score, or nil. EVAL (not EVALSHA): Redis caches the compiled script by
@@ -46,10 +54,15 @@ return score
 class WakeableWorker(Worker):
     """Runs arq's poll iteration when woken by ``wake_channel`` or after ``poll_delay``."""
 
-    def __init__(self, *args: object, wake_channel: str, **kwargs: object) -> None:
+    def __init__(
+        self, *args: object, wake_channel: str, max_woken: int = MAX_WOKEN, **kwargs: object
+    ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.wake_channel = wake_channel
+        self.max_woken = max_woken
         self._wake = asyncio.Event()
+        self._woken: list[bytes] = []  # job ids named by wake-ups not yet served
+        self._woken_overflow = False  # more came than max_woken: poll instead
 
     async def main(self) -> None:
         # arq's own main() with the poll timer replaced (the pool is always passed in)
@@ -61,15 +74,29 @@ class WakeableWorker(Worker):
         if self.on_startup:
             await self.on_startup(self.ctx)
         listener = asyncio.create_task(self._listen(), name="wake-listener")
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 self._wake.clear()
+                self._woken, self._woken_overflow = [], False  # the poll finds them all
                 await self._poll_iteration()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_delay_s):
-                        await self._wake.wait()
+                next_poll = loop.time() + self.poll_delay_s
+                while not self._woken_overflow and loop.time() < next_poll:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(next_poll):
+                            await self._wake.wait()
+                    self._wake.clear()
+                    await self._start_woken()
         finally:
             await stop_task(listener)
+
+    async def _start_woken(self) -> None:
+        """Start the jobs the pending wake-ups name, as a poll would have (``start_jobs``)."""
+        if self._woken_overflow or not self._woken:
+            return
+        job_ids, self._woken = self._woken, []
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            await self.start_jobs(job_ids)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's ``start_jobs``: start every id that no worker runs yet, while this worker has
@@ -126,14 +153,22 @@ class WakeableWorker(Worker):
             scores: list[bytes | None] = await pipe.execute()
         return scores
 
+    def _woken_by(self, data: bytes | str) -> None:
+        if len(self._woken) >= self.max_woken:
+            self._woken_overflow = True  # bounded: the next poll reads the queue instead
+        else:
+            self._woken.append(data.encode() if isinstance(data, str) else data)
+        self._wake.set()
+
     async def _listen(self) -> None:
         while True:
             pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.wake_channel)
                 while True:
-                    if await pubsub.get_message(timeout=5.0) is not None:
-                        self._wake.set()
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is not None:
+                        self._woken_by(message["data"])
             except REDIS_UNREACHABLE as exc:
                 log.warning("wake subscription lost (%s); the poll still finds jobs", exc)
                 await asyncio.sleep(0.5)
