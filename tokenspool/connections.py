@@ -146,6 +146,15 @@ async def transaction(conn: Connection, commands: list[tuple[Any, ...]]) -> list
     return cast(list[Any], result)
 
 
+async def multi_exec(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """``commands`` in one MULTI ... EXEC (:func:`transaction`) on a connection of ``redis``'s
+    pool that watches nothing, so the transaction always runs: their replies."""
+    async with held(redis) as conn:
+        result = await transaction(conn, commands)
+    assert result is not None, "no key is watched"
+    return result
+
+
 async def _reply(conn: Connection) -> Any:
     try:
         return await conn.read_response()

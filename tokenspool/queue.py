@@ -11,7 +11,7 @@ from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
-from .connections import held, round_trip, transaction
+from .connections import held, multi_exec, round_trip, transaction
 from .errors import IdempotencyConflictError, JobStateError
 from .jobs import JobPayload, JobRequest, new_job_id
 from .model_list import ModelList
@@ -50,9 +50,7 @@ async def submit(
     job_id = new_job_id()
     # one transaction: the job's record and job.queued, then arq's job, then the wake-up (idle
     # workers pick it up at once); no worker can see the job before its stream exists
-    async with held(store.redis) as conn:
-        result = await transaction(conn, _job_commands(store, pool, job_id, request))
-    assert result is not None, "no key is watched"
+    result = await multi_exec(store.redis, _job_commands(store, pool, job_id, request))
     _check_enqueued(job_id, result)
     return job_id, True
 

@@ -13,7 +13,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from . import keys as k
 from . import scripts
 from .accumulator import Accumulator
-from .connections import held, pipelined, transaction
+from .connections import multi_exec, pipelined
 from .errors import FencedError, JobNotFoundError, JobStateError
 from .events import ErrorInfo, JobQueued, UsageInfo, as_text, from_entry
 from .jobs import JobRequest, JobStatus, JobView, Output
@@ -52,9 +52,7 @@ class JobStore:
 
     async def create(self, job_id: str, request: JobRequest) -> str:
         """Write the job hash and its ``job.queued`` event; returns that event's id."""
-        async with held(self.redis) as conn:
-            result = await transaction(conn, self.create_commands(job_id, request))
-        assert result is not None, "no key is watched"
+        result = await multi_exec(self.redis, self.create_commands(job_id, request))
         return as_text(result[1])
 
     def create_commands(self, job_id: str, request: JobRequest) -> list[tuple[Any, ...]]:
