@@ -286,18 +286,23 @@ class StreamHead:
 async def stream_head(store: JobStore, job_id: str) -> StreamHead:
     """Read the stream's newest entry once: what a client connecting now replays rather
     than waits for, and whether the job already ended."""
-    last = await store.redis.xrevrange(store.keys.events(job_id), "+", "-", count=1)
+    (last,) = await pipelined(store.redis, [_last_entry(store.keys.events(job_id))])
+    if isinstance(last, Exception):
+        raise last
     return _head(last)
 
 
+def _last_entry(events: str) -> tuple[Any, ...]:
+    """The command whose raw reply `_head` reads: the stream's newest entry."""
+    return ("XREVRANGE", events, "+", "-", "COUNT", 1)
+
+
 def _head(last: list[Any]) -> StreamHead:
-    """From XREVRANGE ... COUNT 1, parsed by redis-py (fields as a dict) or raw (a list)."""
+    """From the raw reply of XREVRANGE ... COUNT 1 (fields as a flat list)."""
     if not last:
         return StreamHead((0, 0), terminal=False)
     entry_id, fields = last[0]
-    pairs = (
-        fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2], strict=True)
-    )
+    pairs = zip(fields[::2], fields[1::2], strict=True)
     kind = next((as_text(v) for f, v in pairs if as_text(f) == E_TYPE), None)
     return StreamHead(id_tuple(as_text(entry_id)), terminal=kind in TERMINAL_TYPES)
 
@@ -314,7 +319,7 @@ async def open_stream(store: JobStore, job_id: str, start: str) -> StreamHead:
         [
             ("EXISTS", store.keys.job(job_id), events),
             ("XINFO", "STREAM", events),
-            ("XREVRANGE", events, "+", "-", "COUNT", 1),
+            _last_entry(events),
         ],
     )
     for reply in (found, last):
