@@ -58,9 +58,10 @@ class LeaseKeeper:
 
     async def renew_now(self) -> None:
         """Renew every held lease, ``RENEW_SLICE`` per round trip, one round trip after the
-        other: Redis runs a pipeline's scripts back to back, so 2,000 leases in one round trip
-        kept it from every other client (the worker's writes, the API's notifications) for
-        about 5 ms, and the worker's loop from its streams while it packed and read them."""
+        other: Redis runs a pipeline's scripts back to back, so 2,000 leases of running jobs in
+        one round trip kept it from every other client (the worker's writes, the API's
+        notifications) for 12.3 ms (INFO commandstats), and the worker's loop from its streams
+        while it packed and read them."""
         held = dict(self._held)
         leases = [(job_id, attempt) for job_id, (attempt, _) in held.items()]
         for at in range(0, len(leases), RENEW_SLICE):
