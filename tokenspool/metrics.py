@@ -4,12 +4,19 @@ apps in one process never collide on the global default registry)."""
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE", "ApiMetrics"]
 
@@ -57,6 +64,59 @@ class _HubCollector(Collector):
             yield family(f"tokenspool_hub_{name}", doc, value=stats.get(name, 0))
 
 
+# buckets of the consumer lag (seconds): the age of each event when it is sent
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30, 300, 3600)
+
+
+class _RelayCounts:
+    """What was relayed on one transport: plain numbers, updated once per batch sent."""
+
+    __slots__ = ("lag_buckets", "lag_sum", "relayed", "replayed")
+
+    def __init__(self) -> None:
+        self.relayed = 0
+        self.replayed = 0
+        self.lag_buckets = [0] * (len(LAG_BUCKETS) + 1)  # per bucket, not cumulative; +Inf last
+        self.lag_sum = 0.0
+
+
+class _RelayCollector(Collector):
+    """Exports the relay counts at scrape time as a Counter and a Histogram would: the
+    per-event metrics cost a few additions each, not a locked update of each metric."""
+
+    def __init__(self, counts: Mapping[str, _RelayCounts]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        relayed = CounterMetricFamily(
+            "tokenspool_events_relayed",
+            "Job events sent to stream clients, by transport",
+            labels=["transport"],
+        )
+        replayed = CounterMetricFamily(
+            "tokenspool_events_replayed",
+            "Events sent that were already in the stream when the client connected (catch-up)",
+            labels=["transport"],
+        )
+        lag = HistogramMetricFamily(
+            "tokenspool_consumer_lag_seconds",
+            "Age of each event when sent to a client (now minus the time in its stream id)",
+            labels=["transport"],
+        )
+        bounds = [floatToGoString(b) for b in LAG_BUCKETS] + ["+Inf"]
+        for transport, counts in self.counts.items():
+            relayed.add_metric([transport], counts.relayed)
+            replayed.add_metric([transport], counts.replayed)
+            cumulative, total = [], 0
+            for bound, count in zip(bounds, counts.lag_buckets, strict=True):
+                total += count
+                cumulative.append((bound, total))
+            lag.add_metric([transport], cumulative, counts.lag_sum)
+        yield relayed
+        yield replayed
+        yield lag
+
+
 class ApiMetrics:
     """Counters, gauges and histograms the API updates; ``render()`` is the /metrics body."""
 
@@ -81,30 +141,11 @@ class ApiMetrics:
             ["transport"],
             registry=r,
         )
-        self.events_relayed = Counter(
-            "tokenspool_events_relayed",
-            "Job events sent to stream clients, by transport",
-            ["transport"],
-            registry=r,
-        )
         self.stream_seconds = Histogram(
             "tokenspool_stream_duration_seconds",
             "How long event stream connections stayed open, by transport",
             ["transport"],
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
-            registry=r,
-        )
-        self.events_replayed = Counter(
-            "tokenspool_events_replayed",
-            "Events sent that were already in the stream when the client connected (catch-up)",
-            ["transport"],
-            registry=r,
-        )
-        self.consumer_lag = Histogram(
-            "tokenspool_consumer_lag_seconds",
-            "Age of each event when sent to a client (now minus the time in its stream id)",
-            ["transport"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30, 300, 3600),
             registry=r,
         )
         self.http_errors = Counter(
@@ -116,19 +157,11 @@ class ApiMetrics:
         for transport in TRANSPORTS:  # export zeros before the first client, too
             self.stream_clients.labels(transport)
             self.stream_resumes.labels(transport)
-            self.events_relayed.labels(transport)
-            self.events_replayed.labels(transport)
         self._hub = _HubCollector()
         r.register(self._hub)
-        # per-event metrics, looked up once rather than with labels() per event
-        self._children = {
-            t: (
-                self.events_relayed.labels(t),
-                self.events_replayed.labels(t),
-                self.consumer_lag.labels(t),
-            )
-            for t in TRANSPORTS
-        }
+        # the per-event metrics, exported at scrape time (zeros before the first client, too)
+        self._relay = {t: _RelayCounts() for t in TRANSPORTS}
+        r.register(_RelayCollector(self._relay))
 
     def track_hub(self, stats: Callable[[], Mapping[str, int]]) -> None:
         """Export the stream hub's counters (``Hub.stats``) from now on."""
@@ -139,21 +172,21 @@ class ApiMetrics:
     ) -> None:
         """Count a batch of events sent together: relayed, replayed if they predate the
         connection (``head`` is the stream's last id then), and each one's age (consumer lag;
-        stream ids carry milliseconds). The counters move once per batch."""
-        relayed, replayed_counter, lag = self._children[transport]
-        relayed.inc(len(entry_ids))
+        stream ids carry milliseconds)."""
+        counts = self._relay[transport]
+        counts.relayed += len(entry_ids)
         now_ms = time.time() * 1000
-        replayed = 0
+        buckets = counts.lag_buckets
         for entry_id in entry_ids:
             ms, _, seq = (entry_id if isinstance(entry_id, bytes) else entry_id.encode()).partition(
                 b"-"
             )
             at = int(ms)
             if at <= head[0] and (at, int(seq or 0)) <= head:
-                replayed += 1
-            lag.observe(max(0.0, now_ms - at) / 1000)
-        if replayed:
-            replayed_counter.inc(replayed)
+                counts.replayed += 1
+            lag = max(0.0, now_ms - at) / 1000
+            buckets[bisect_left(LAG_BUCKETS, lag)] += 1  # the first bucket with lag <= its bound
+            counts.lag_sum += lag
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format."""
