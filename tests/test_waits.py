@@ -150,3 +150,6 @@ async def test_a_push_that_declines_or_fails_leaves_the_hand_over_to_the_waiters
 
     assert stream.hand_over([_entry(40, 4)], (40, 0)) == (1, 1)  # the next one, pushed too
     assert (taking.position, taking.n) == ((40, 0), 4)
+    # the hub passes the last position it parsed from the notification: the same move
+    assert stream.hand_over([_entry(50, 5), _entry(60, 6)], (50, 0), (60, 0)) == (2, 2)
+    assert (taking.position, taking.n) == ((60, 0), 6)

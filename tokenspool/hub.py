@@ -422,7 +422,7 @@ class Hub:
         else:
             if entries and stream.waiters:
                 first = top if len(entries) == 1 else position_of(entries[0][0])
-                handed, pushed = stream.hand_over(entries, first)
+                handed, pushed = stream.hand_over(entries, first, top)
                 self.handed_over += handed
                 self.pushed += pushed
             stream.advance(top)

@@ -102,6 +102,13 @@ class Cursor:
             n += 1
         return True
 
+    def skip(self, count: int, last: Position) -> None:
+        """Move past ``count`` entries that ``follows`` accepted, the last at ``last``: what
+        ``take`` would do with them, without parsing them again."""
+        assert self.expected_n is not None, "follows() accepts nothing at an unknown ordinal"
+        self.expected_n += count
+        self.position = last
+
     def take(self, entries: list[Entry]) -> tuple[list[Entry], bool]:
         """The ``entries`` (the next ones after ``position``) up to and including the job's
         terminal one, and whether it was among them. Raises ``StreamGoneError`` when ordinals
@@ -153,12 +160,12 @@ class Waiter:
         """The ordinal of the last entry the consumer got (0 before the first), if known."""
         return self.cursor.got
 
-    def pushed(self, entries: list[Entry]) -> bool:
+    def pushed(self, entries: list[Entry], last: Position | None = None) -> bool:
         """Offer ``entries`` to the consumer's ``push`` if they follow its cursor with no gap
         and none ends the job (``Cursor.follows``; any others go through its task). If it
         took them, the cursor moves past them and the waiter waits after them, as if it had
         just started. An error in ``push`` is logged, and the entries go through the task,
-        whose send meets it again."""
+        whose send meets it again. ``last``: the position of the last entry, if known."""
         if self.push is None or not self.cursor.follows(entries):
             return False
         try:
@@ -168,7 +175,7 @@ class Waiter:
             self.push = None
             return False
         if took:
-            self.cursor.take(entries)
+            self.cursor.skip(len(entries), last or position_of(entries[-1][0]))
             # not idle: the hub's sweep answers only waits with nothing for half a BLOCK
             self.since = time.monotonic()
         return took
@@ -231,15 +238,17 @@ class JobStream:
                 waiter.future.set_result(mine)
                 self.waiters.discard(waiter)
 
-    def hand_over(self, entries: list[Entry], first: Position) -> tuple[int, int]:
+    def hand_over(
+        self, entries: list[Entry], first: Position, last: Position | None = None
+    ) -> tuple[int, int]:
         """Give the notified ``entries`` to each waiter they follow with no gap: the first one
         after the waiter's position has the ordinal after the waiter's last (``n`` counts a
         stream's entries from 1, and the waiter knows the ordinal it is at). A waiter whose
         consumer pushes (``Waiter.pushed``) takes them without waking its task and keeps
         waiting; the others' futures get them. Any other waiter (behind, so some entries in
         between were not notified to it, or at an unknown ordinal) is left to a read.
-        ``first``: the position of the first entry. Returns how many entries were handed
-        over, and how many of those were pushed, counting each waiter's."""
+        ``first``, ``last``: the positions of the first and last entry. Returns how many
+        entries were handed over, and how many of those were pushed, counting each waiter's."""
         handed = pushed = 0
         for waiter in list(self.waiters):
             if waiter.n is None or waiter.future.done():
@@ -247,7 +256,7 @@ class JobStream:
             mine = entries_after(entries, first, waiter.position)  # a read may have got some first
             if mine and ordinal(mine[0]) == waiter.n + 1:
                 handed += len(mine)
-                if waiter.pushed(mine):
+                if waiter.pushed(mine, last):
                     pushed += len(mine)
                     continue
                 waiter.future.set_result(mine)
