@@ -24,7 +24,7 @@ from . import procstat, sse
 from .context import Context
 from .driver import Driver, entry_time, redis_counters, top_commands
 from .looplag import LoopLag
-from .relay_targets import Target, minimal_target, tokenspool_target
+from .relay_targets import Target, minimal_target, openai_target, tokenspool_target
 from .results import GroupResult, ms, num, times, us
 from .stacks import CLOCKED_MODEL
 from .stats import Summary
@@ -185,6 +185,8 @@ async def run(ctx: Context, result: GroupResult) -> None:
         for n in counts:
             levels.append(await level(ctx, driver, n, chunks))
             await asyncio.sleep(1)
+        openai = await level(ctx, driver, counts[-1], chunks, target=openai_target(ctx))
+        await asyncio.sleep(1)
         slow = await level(ctx, driver, slow_streams, slow_chunks, SLOW_RATE)
         with stack.minimal_relay() as (minimal_worker, minimal_api, port):
             floor = minimal_target(ctx, driver, minimal_worker.pid, minimal_api.pid, port)
@@ -293,8 +295,45 @@ async def run(ctx: Context, result: GroupResult) -> None:
         "from /proc/stat: when it nears the number of cores, every hop queues for a CPU."
     )
 
+    _openai_table(result, levels[-1], openai)
     _slow_table(ctx, result, slow)
     _floor_table(ctx, result, [levels[-1], slow], floors)
+
+
+def _openai_table(result: GroupResult, jobs: Level, openai: Level) -> None:
+    """The heaviest level again, through the OpenAI-compatible surface."""
+    table = result.table(
+        f"The OpenAI-compatible surface: {openai.streams} streams at {openai.rate} chunks/s "
+        "again, each a POST /v1/chat/completions with stream: true, right after the level above",
+        [
+            "surface",
+            "p50",
+            "p99",
+            "all streams running: p50 / p99",
+            "provider → Redis p50 / p99",
+            "Redis → client p50 / p99",
+            "CPU µs per chunk: worker / API",
+            "failed streams",
+        ],
+    )
+    for name, lv in (("/v1/jobs (the level above)", jobs), ("/v1/chat/completions", openai)):
+        r, st, a, b = lv.relay, lv.steady, lv.to_redis, lv.to_client
+        table.add(
+            name,
+            ms(r.p50),
+            ms(r.p99),
+            f"{ms(st.p50)} / {ms(st.p99)}" if st.n else "none",
+            f"{ms(a.p50)} / {ms(a.p99)}",
+            f"{ms(b.p50)} / {ms(b.p99)}",
+            f"{us(lv.cpu_per_chunk('worker'))} / {us(lv.cpu_per_chunk('api'))}",
+            lv.failed_cell(),
+        )
+    for error in sorted(set(openai.errors))[:3]:
+        table.notes.append(f"error: {error}")
+    table.notes.append(
+        "Same stack, provider and client; each content chunk is a chat.completion.chunk made "
+        "by the API (tokenspool/openai_format.py), its SSE id the stream entry id."
+    )
 
 
 def _slow_table(ctx: Context, result: GroupResult, lv: Level) -> None:

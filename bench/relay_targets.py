@@ -8,7 +8,8 @@ before its reader connected: in the ramp of a 500-stream level the reader's firs
 median 77-117 ms after the provider's first chunk, and the chunks sent before it (about 1% of a
 level) counted that wait as relay latency. ``ONE_REQUEST = False`` measures that way again. The
 minimal relay (the floor) has no such route: its jobs are queued with RPUSH and then followed
-with a GET. Either way, 32 streams at a time wait for their job to be queued.
+with a GET. Either way, 32 streams at a time wait for their job to be queued. The OpenAI
+target drives the same stack through ``POST /v1/chat/completions`` with ``"stream": true``.
 """
 
 from __future__ import annotations
@@ -39,13 +40,19 @@ class Target:
     follow: Follow
 
 
-def tokenspool_target(ctx: Context, driver: Driver) -> Target:
-    port = ctx.stack().api_port
+def _one_request(port: int, path: str, stream_key: bool) -> Follow:
+    """Queue and follow each job in one request to ``path`` (``stream_key``: the body asks for
+    a stream with ``"stream": true``, as the OpenAI-compatible surface wants)."""
 
-    async def one_request(
+    async def follow(
         prompt: str, log: sse.StreamLog, within: float, gate: asyncio.Semaphore
     ) -> None:
-        body = {"model": CLOCKED_MODEL, "messages": [{"role": "user", "content": prompt}]}
+        body: dict[str, object] = {
+            "model": CLOCKED_MODEL,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+        if stream_key:
+            body["stream"] = True
         await gate.acquire()
         held = True
 
@@ -57,10 +64,27 @@ def tokenspool_target(ctx: Context, driver: Driver) -> Target:
 
         try:
             log.job_id = await sse.submit_and_follow(
-                "127.0.0.1", port, json.dumps(body).encode(), log, within=within, answered=answered
+                "127.0.0.1",
+                port,
+                json.dumps(body).encode(),
+                log,
+                within=within,
+                answered=answered,
+                path=path,
+                openai=stream_key,
             )
         finally:
             answered()
+
+    return follow
+
+
+def _pids(ctx: Context) -> dict[str, int]:
+    return {k: v for k, v in ctx.stack().pids().items() if k != "fake provider"}
+
+
+def tokenspool_target(ctx: Context, driver: Driver) -> Target:
+    port = ctx.stack().api_port
 
     async def post_then_get(
         prompt: str, log: sse.StreamLog, within: float, gate: asyncio.Semaphore
@@ -69,8 +93,14 @@ def tokenspool_target(ctx: Context, driver: Driver) -> Target:
             log.job_id = await driver.submit_lean(prompt, CLOCKED_MODEL)
         await sse.follow("127.0.0.1", port, log.job_id, log, within=within)
 
-    pids = {k: v for k, v in ctx.stack().pids().items() if k != "fake provider"}
-    return Target(pids, one_request if ONE_REQUEST else post_then_get)
+    one_request = _one_request(port, "/v1/jobs", stream_key=False)
+    return Target(_pids(ctx), one_request if ONE_REQUEST else post_then_get)
+
+
+def openai_target(ctx: Context) -> Target:
+    """tokenspool through its OpenAI-compatible surface: ``POST /v1/chat/completions`` with
+    ``"stream": true`` (one request per job, as the openai SDK makes), read as chunks."""
+    return Target(_pids(ctx), _one_request(ctx.stack().api_port, "/v1/chat/completions", True))
 
 
 def minimal_target(ctx: Context, driver: Driver, worker: int, api: int, port: int) -> Target:

@@ -4,7 +4,9 @@ The benchmark client shares two cores with everything it measures, so it must co
 event: an asyncio protocol, a minimal HTTP/1.1 chunked decoder, and no JSON parsing (an event's
 type and id come from the ``event:`` and ``id:`` lines). Every event of one socket read gets the
 ``time.time()`` taken when that read arrived; the clock is the one the provider, the worker and
-Redis stamp with (same machine).
+Redis stamp with (same machine). It also reads the OpenAI-compatible stream (``POST
+/v1/chat/completions`` with ``stream: true``), whose messages have no ``event:`` line: there a
+message's kind comes from its compact JSON (``openai_type``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,17 @@ from dataclasses import dataclass, field
 TERMINAL = frozenset({"job.completed", "job.failed", "job.cancelled"})
 
 Sink = Callable[[float, str, str], None]  # (receive time, event type, event id)
+
+
+def openai_type(data: bytes) -> str:
+    """The event an OpenAI-format message stands for, as far as the bench needs to know: a
+    content chunk (``"delta":{"content":`` first: the role chunk starts with ``"role"``), the end
+    (``[DONE]``) or an error; "" for the others (role, finish and usage chunks)."""
+    if data == b"[DONE]":
+        return "job.completed"
+    if data.startswith(b'{"error"'):
+        return "job.failed"
+    return "content.delta" if b'"delta":{"content":' in data else ""
 
 
 class SseError(Exception):
@@ -62,9 +75,11 @@ class _Protocol(asyncio.Protocol):
         sink: Sink,
         done: asyncio.Future[None],
         on_head: Callable[[str], None] | None = None,
+        openai: bool = False,
     ) -> None:
         self.request = request
         self.sink = sink
+        self.openai = openai  # an OpenAI-format stream: kinds from the data (openai_type)
         self.done = done
         self.on_head = on_head  # called with the response head once it is read (status 200)
         self.transport: asyncio.BaseTransport | None = None
@@ -130,6 +145,8 @@ class _Protocol(asyncio.Protocol):
                     type_ = line[7:].decode()
                 elif line.startswith(b"id: "):
                     event_id = line[4:].decode()
+                elif self.openai and line.startswith(b"data: "):
+                    type_ = openai_type(line[6:])
             del body[: end + 4]
             if not type_:
                 continue  # a heartbeat comment
@@ -177,10 +194,14 @@ async def submit_and_follow(
     *,
     within: float = 120.0,
     answered: Callable[[], None] | None = None,
+    path: str = "/v1/jobs",
+    openai: bool = False,
 ) -> str:
     """Queue a job and read its events until the terminal one, in one request (``POST
     /v1/jobs`` with ``Accept: text/event-stream``); return its id. ``answered`` is called once
-    the response head has arrived (the job is queued). Raises as ``follow``."""
+    the response head has arrived (the job is queued). Raises as ``follow``. With
+    ``path="/v1/chat/completions"``, ``openai=True`` and ``"stream": true`` in ``body``, the same
+    through the OpenAI-compatible surface."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     job_id = ""
@@ -195,12 +216,12 @@ async def submit_and_follow(
             answered()
 
     request = (
-        b"POST /v1/jobs HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+        b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
         b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
-        % (host.encode(), port, len(body), body)
+        % (path.encode(), host.encode(), port, len(body), body)
     )
     transport, _ = await loop.create_connection(
-        lambda: _Protocol(request, sink, done, on_head), host, port
+        lambda: _Protocol(request, sink, done, on_head, openai), host, port
     )
     try:
         async with asyncio.timeout(within):

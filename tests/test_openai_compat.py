@@ -170,6 +170,28 @@ def test_formatter_sends_what_tool_call_done_adds_to_the_deltas() -> None:
     }
 
 
+def test_the_bench_client_tells_content_chunks_from_the_other_frames() -> None:
+    """bench/sse.py reads OpenAI-format streams by their compact JSON: a content chunk, the
+    end, an error, or neither (role, finish and usage chunks)."""
+    from bench.sse import openai_type
+
+    events = [
+        *start_events(),
+        ev(ContentDelta, text="Hello "),
+        ev(ContentDelta, text='"quoted" {"content":1}'),
+        ev(Usage, prompt_tokens=3, completion_tokens=2, total_tokens=5),
+        ev(JobCompleted, finish_reason="stop"),
+    ]
+    frames = run(ChunkFormatter(JOB, "m", 0, include_usage=True), events)
+    kinds = [openai_type(f.data.encode()) for f in frames if f.data is not None]
+    assert kinds == ["", "content.delta", "content.delta", "", "", "job.completed"]
+
+    failed = ev(JobFailed, error=ErrorInfo(type="RateLimitError", message="slow down"))
+    frames = run(ChunkFormatter(JOB, "m", 0), [*start_events(), failed])
+    kinds = [openai_type(f.data.encode()) for f in frames if f.data is not None]
+    assert kinds == ["", "job.failed"]  # the role chunk, then the error object (no [DONE])
+
+
 def test_formatter_ends_with_an_error_object_when_the_job_fails() -> None:
     formatter = ChunkFormatter(JOB, "m", 0)
     failed = ev(JobFailed, error=ErrorInfo(type="RateLimitError", message="slow down"))
