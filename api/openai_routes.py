@@ -66,6 +66,22 @@ def _error(
     )
 
 
+def _format(
+    formatter: ChunkFormatter,
+    job_id: str,
+    entry_id: bytes,
+    fields: dict[bytes, bytes],
+    out: list[bytes],
+) -> None:
+    """Append the OpenAI-format bytes of one stream entry to ``out``: a text delta straight
+    from the entry (``ChunkFormatter.text_frame``), anything else through its event."""
+    frame = formatter.text_frame(entry_id, fields)
+    if frame is not None:
+        out.append(frame)
+    else:
+        out.extend(f.encode() for f in formatter.feed(from_entry(job_id, entry_id, fields)))
+
+
 class _CommentLine(ServerSentEvent):
     """A heartbeat as one comment line (see ``Frame.encode`` for why no blank line follows)."""
 
@@ -209,7 +225,7 @@ class OpenAIRoutes:
                 return False
             out: list[bytes] = []
             for entry_id, fields in batch:
-                out.extend(f.encode() for f in formatter.feed(from_entry(job_id, entry_id, fields)))
+                _format(formatter, job_id, entry_id, fields, out)
             if out and not response.send_now(b"".join(out)):
                 # can_send_now said it would: the formatter moved on, the client has not
                 raise RuntimeError("an event stream refused a send it said it could take")
@@ -229,8 +245,7 @@ class OpenAIRoutes:
                             out: list[bytes] = []
                             fed = 0
                             for entry_id, fields in batch:
-                                event = from_entry(job_id, entry_id, fields)
-                                out.extend(frame.encode() for frame in formatter.feed(event))
+                                _format(formatter, job_id, entry_id, fields, out)
                                 fed += 1
                                 if formatter.done:
                                     break

@@ -31,6 +31,7 @@ from tokenspool.events import (
     ToolCallDone,
     Usage,
     UsageInfo,
+    from_entry,
 )
 from tokenspool.jobs import JobStatus, JobView, Output, ToolCall
 from tokenspool.openai_format import (
@@ -168,6 +169,60 @@ def test_formatter_sends_what_tool_call_done_adds_to_the_deltas() -> None:
     assert got[-1] == {
         "tool_calls": [{"index": 1, "function": {"name": "lookup", "arguments": '"q": 1}'}}]
     }
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_text_deltas_straight_from_stream_entries_are_the_bytes_the_events_give(
+    include_usage: bool,
+) -> None:
+    """The relay formats text deltas from the stored entry (``text_frame``), every other entry
+    through its event: byte for byte what feeding every event gives, across the role chunk,
+    odd texts, reasoning, a tool call, a retry before any output and a second attempt."""
+    texts = ["Hello", "", 'say "hi"\n', "back\\slash\t", "héllo 世界 🎉", "\u2028 </script>"]
+    events: list[Event] = [
+        ev(JobQueued, attempt=0, model="m"),
+        ev(JobStarted, worker="w:1"),
+        ev(JobRetrying, next_attempt=2, reason="worker lost"),  # before any output
+        ev(JobStarted, attempt=2, worker="w:2"),
+        ev(ContentDelta, attempt=1, text="superseded"),  # a late write of attempt 1
+        *(ev(ContentDelta, attempt=2, text=t) for t in texts),
+        ev(ReasoningDelta, attempt=2, text="thinking"),
+        ev(ToolCallDelta, attempt=2, index=0, id="call_1", name="f", arguments_delta='{"a":'),
+        ev(ContentDelta, attempt=2, text="after the tool"),
+        ev(Usage, attempt=2, prompt_tokens=3, completion_tokens=2, total_tokens=5),
+        ev(JobCompleted, attempt=2, finish_reason="stop"),
+        ev(ContentDelta, attempt=2, text="after the end"),
+    ]
+    entries = []
+    for event in events:
+        stored = event.to_fields()
+        fields = {k.encode(): v.encode() for k, v in stored.items()}
+        entries.append((str(event.event_id).encode(), {b"n": b"1", **fields}))
+
+    direct = ChunkFormatter(JOB, "m", 1700000000, include_usage=include_usage)
+    through_events = ChunkFormatter(JOB, "m", 1700000000, include_usage=include_usage)
+    fast = 0
+    got, want = [], []
+    for entry_id, fields in entries:
+        frame = direct.text_frame(entry_id, fields)
+        if frame is not None:
+            fast += 1
+            got.append(frame)
+        else:
+            got.extend(f.encode() for f in direct.feed(from_entry(JOB, entry_id, fields)))
+        event = from_entry(JOB, entry_id, fields)
+        want.extend(f.encode() for f in through_events.feed(event))
+
+    assert got == want
+    assert (direct.role_sent, direct.output_sent, direct.done, direct.attempt) == (
+        through_events.role_sent,
+        through_events.output_sent,
+        through_events.done,
+        through_events.attempt,
+    )
+    # job.queued brought the role chunk; the superseded write and the one after the end went
+    # through their events (and gave nothing); every other text delta came from its entry
+    assert fast == len(texts) + 2
 
 
 def test_the_bench_client_tells_content_chunks_from_the_other_frames() -> None:

@@ -31,6 +31,7 @@ from .events import (
 from .jobs import JobRequest, JobView
 
 DONE = "[DONE]"
+_SPLIT = "\x00tokenspool-text\x00"  # stands for a text while a chunk is split around it
 MAX_REPORTED_ERRORS = 5  # validation problems named in one 400 message
 
 
@@ -190,6 +191,9 @@ class ChunkFormatter:
     done: bool = False
     _tools: dict[int, _ToolState] = field(default_factory=dict)
     _usage: UsageInfo | None = None
+    _text_frames: dict[bytes, tuple[bytes, bytes]] = field(
+        default_factory=dict, repr=False, compare=False
+    )  # by entry type: a text chunk before and after its text (text_frame)
 
     @property
     def completion_id(self) -> str:
@@ -203,6 +207,12 @@ class ChunkFormatter:
             self.role_sent = True
             if "role" not in delta:
                 frames += self._chunk(event, {"role": "assistant", "content": ""})
+        frames.append(Frame(data=_dumps(self._chunk_body(delta, finish_reason)), id=event.event_id))
+        return frames
+
+    def _chunk_body(
+        self, delta: dict[str, Any], finish_reason: str | None = None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.completion_id,
             "object": "chat.completion.chunk",
@@ -215,12 +225,39 @@ class ChunkFormatter:
         }
         if self.include_usage:
             body["usage"] = None  # as OpenAI does: only the last chunk carries usage
-        frames.append(Frame(data=_dumps(body), id=event.event_id))
-        return frames
+        return body
 
     def _end(self, event: Event, type_: str, code: str, message: str) -> list[Frame]:
         self.done = True
         return [Frame(data=_dumps(error_body(message, type_, code=code)), id=event.event_id)]
+
+    def text_frame(self, entry_id: bytes, fields: dict[bytes, bytes]) -> bytes | None:
+        """The wire bytes ``feed`` would give for a stream entry that is a text delta of the
+        current attempt after the role chunk, built from the entry itself: the stored ``d``
+        (``{"text":<JSON string>}``, see ``_TextDelta.to_fields``) holds the text already
+        encoded as the chunk encodes it, so no event is rebuilt and no JSON parsed or dumped.
+        None for any other entry: the caller feeds it as an event (``from_entry``)."""
+        kind, data = fields.get(b"t", b""), fields.get(b"d")
+        if (
+            self.done
+            or not self.role_sent
+            or data is None
+            or not data.startswith(b'{"text":"')
+            or not data.endswith(b'"}')
+            or fields.get(b"a") != str(self.attempt).encode()
+        ):
+            return None
+        parts = self._text_frames.get(kind)
+        if parts is None:
+            key = {b"content.delta": "content", b"reasoning.delta": "reasoning_content"}.get(kind)
+            if key is None:
+                return None
+            # the chunk _chunk builds, split around its text: the same keys in the same order
+            body = self._chunk_body({key: _SPLIT})
+            head, _, tail = _dumps(body).partition(_dumps(_SPLIT))
+            parts = self._text_frames[kind] = (head.encode(), tail.encode())
+        self.output_sent = True
+        return b"id: %s\r\ndata: %s%s%s\r\n\r\n" % (entry_id, parts[0], data[8:-1], parts[1])
 
     def feed(self, event: Event) -> list[Frame]:
         """The frames for one event (none, one, or a few)."""
