@@ -18,75 +18,23 @@ import itertools
 import math
 import os
 import time
-from dataclasses import dataclass, field
 
 from . import procstat, sse
 from .context import Context
 from .driver import Driver, entry_time, redis_counters, top_commands
 from .looplag import LoopLag
+from .relay_level import CHUNK_RATE, Level, p50_p99
 from .relay_targets import Target, minimal_target, openai_target, tokenspool_target
-from .results import GroupResult, ms, num, times, us
+from .results import GroupResult, ms, num, times
 from .stacks import CLOCKED_MODEL
 from .stats import Summary
 
-CHUNK_RATE = 20  # chunks per second per stream
 SLOW_RATE = 5  # chunks per second per stream, slow streams
 STEADY_CORES = (
     "all streams running: CPU cores busy, machine; worker / API / Redis / provider / client"
 )
 MAX_JOBS = 2500  # per worker: every stream of a level runs at once
 _ids = itertools.count()
-
-
-@dataclass
-class Level:
-    """Relay latency with ``streams`` concurrent streams."""
-
-    streams: int
-    relay: Summary  # every content chunk
-    steady: Summary  # chunks sent while every stream was running
-    steady_seconds: float
-    to_redis: Summary
-    to_client: Summary
-    lag: Summary  # the bench's own event-loop lag
-    cores: dict[str, float]  # CPU cores busy, by process
-    # CPU cores busy while every stream ran, by process and "machine" (empty: no such window)
-    steady_cores: dict[str, float]
-    elapsed: float  # seconds the level took
-    chunks: int  # content chunks received (final attempts)
-    redis: dict[str, float]  # INFO counter deltas over the level
-    retries: int  # job.retrying events the consumers saw
-    rate: int = CHUNK_RATE  # chunks per second per stream
-    rss_kb: dict[str, int] = field(default_factory=dict)  # peak resident memory, by process
-    errors: list[str] = field(default_factory=list)
-
-    def cpu_per_chunk(self, prefix: str) -> float:
-        busy = sum(v for k, v in self.cores.items() if k.startswith(prefix)) * self.elapsed
-        return busy / self.chunks if self.chunks else math.nan
-
-    def per_chunk(self, counter: str) -> float:
-        return self.redis.get(counter, math.nan) / self.chunks if self.chunks else math.nan
-
-    def cores_cell(self) -> str:
-        """The "CPU cores: worker / API / Redis / client" cell (every worker process summed)."""
-        c = self.cores
-        worker = sum(v for k, v in c.items() if k.startswith("worker"))
-        return f"{worker:.2f} / {c['api']:.2f} / {c['redis']:.2f} / {c['client']:.2f}"
-
-    def steady_cores_cell(self) -> str:
-        """The "while every stream ran: cores busy" cell: the whole machine's (of how many it
-        has), then the worker's, API's, Redis's, provider's and client's."""
-        c = self.steady_cores
-        if not c:
-            return "no such window"
-        worker = sum(v for k, v in c.items() if k.startswith("worker"))
-        parts = (worker, c.get("api", 0.0), c.get("redis", 0.0), c.get("clocked provider", 0.0))
-        return f"{c['machine']:.2f} of {os.cpu_count()}; " + " / ".join(
-            f"{v:.2f}" for v in (*parts, c.get("client", 0.0))
-        )
-
-    def failed_cell(self) -> str:
-        return f"{len(self.errors)} of {self.streams}"
 
 
 async def _stream(
@@ -231,7 +179,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
     for lv in levels:
         r, st, a, b = lv.relay, lv.steady, lv.to_redis, lv.to_client
         window = (
-            f"{ms(st.p50)} / {ms(st.p99)} ({lv.steady_seconds:.1f} s)"
+            f"{p50_p99(st)} ({lv.steady_seconds:.1f} s)"
             if st.n
             else "none: the ramp outlasted a stream"
         )
@@ -243,14 +191,14 @@ async def run(ctx: Context, result: GroupResult) -> None:
             ms(r.p99),
             ms(r.max),
             window,
-            f"{ms(a.p50)} / {ms(a.p99)}",
-            f"{ms(b.p50)} / {ms(b.p99)}",
+            p50_p99(a),
+            p50_p99(b),
         )
         costs.add(
             lv.streams,
             lv.cores_cell(),
             lv.steady_cores_cell(),
-            f"{us(lv.cpu_per_chunk('worker'))} / {us(lv.cpu_per_chunk('api'))}",
+            lv.cpu_cell(),
             num(lv.per_chunk("total_reads_processed")),
             num(
                 (lv.redis.get("evalsha", 0.0) + lv.redis.get("eval", 0.0)) / lv.chunks
@@ -317,15 +265,14 @@ def _openai_table(result: GroupResult, jobs: Level, openai: Level) -> None:
         ],
     )
     for name, lv in (("/v1/jobs (the level above)", jobs), ("/v1/chat/completions", openai)):
-        r, st, a, b = lv.relay, lv.steady, lv.to_redis, lv.to_client
         table.add(
             name,
-            ms(r.p50),
-            ms(r.p99),
-            f"{ms(st.p50)} / {ms(st.p99)}" if st.n else "none",
-            f"{ms(a.p50)} / {ms(a.p99)}",
-            f"{ms(b.p50)} / {ms(b.p99)}",
-            f"{us(lv.cpu_per_chunk('worker'))} / {us(lv.cpu_per_chunk('api'))}",
+            ms(lv.relay.p50),
+            ms(lv.relay.p99),
+            p50_p99(lv.steady) if lv.steady.n else "none",
+            p50_p99(lv.to_redis),
+            p50_p99(lv.to_client),
+            lv.cpu_cell(),
             lv.failed_cell(),
         )
     for error in sorted(set(openai.errors))[:3]:
@@ -361,7 +308,7 @@ def _slow_table(ctx: Context, result: GroupResult, lv: Level) -> None:
         ms(lv.relay.p50),
         ms(lv.relay.p99),
         ms(lv.relay.max),
-        f"{ms(st.p50)} / {ms(st.p99)} ({lv.steady_seconds:.1f} s)" if st.n else "none",
+        f"{p50_p99(st)} ({lv.steady_seconds:.1f} s)" if st.n else "none",
         f"{worker_kb / 1024:,.0f} MiB",
         f"{lv.rss_kb.get('api', 0) / 1024:,.0f} MiB",
         lv.cores_cell(),
@@ -413,10 +360,10 @@ def _floor_table(ctx: Context, result: GroupResult, ours: list[Level], floors: l
             ms(r.p90),
             ms(r.p99),
             ms(r.max),
-            f"{ms(st.p50)} / {ms(st.p99)}" if st.n else "none",
+            p50_p99(st) if st.n else "none",
             lv.cores_cell(),
             lv.steady_cores_cell(),
-            f"{us(worker)} / {us(api)}",
+            lv.cpu_cell(),
             " / ".join(
                 times(a / b) if b > 0 else "n/a"
                 for a, b in (
