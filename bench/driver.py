@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -66,21 +66,44 @@ class Driver:
         return job_id
 
     async def submit_and_follow(
-        self, prompt: str, log: sse.StreamLog, within: float = 120.0, model: str = FAKE_MODEL
+        self,
+        prompt: str,
+        log: sse.StreamLog,
+        within: float = 120.0,
+        model: str = FAKE_MODEL,
+        *,
+        on_answer: Callable[[], None] | None = None,
+        openai: bool = False,
     ) -> Submitted:
         """Queue a job and follow it in one request (``POST /v1/jobs`` with ``Accept:
-        text/event-stream``), as the Python clients do. ``returned_at`` is when the response
-        head was read: the job is queued by then."""
-        body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}]})
+        text/event-stream``), as the Python clients do; with ``openai``, through the
+        OpenAI-compatible surface (``POST /v1/chat/completions`` with ``"stream": true``).
+        ``returned_at`` is when the response head was read (the job is queued by then), when
+        ``on_answer`` is called too."""
+        body: dict[str, object] = {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+        if openai:
+            body["stream"] = True
         returned = 0.0
 
         def answered() -> None:
             nonlocal returned
             returned = time.time()
+            if on_answer is not None:
+                on_answer()
 
         sent = time.time()
         log.job_id = await sse.submit_and_follow(
-            "127.0.0.1", self.stack.api_port, body.encode(), log, within=within, answered=answered
+            "127.0.0.1",
+            self.stack.api_port,
+            json.dumps(body).encode(),
+            log,
+            within=within,
+            answered=answered,
+            path="/v1/chat/completions" if openai else "/v1/jobs",
+            openai=openai,
         )
         return Submitted(log.job_id, prompt, sent, returned)
 

@@ -133,7 +133,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
         for n in counts:
             levels.append(await level(ctx, driver, n, chunks))
             await asyncio.sleep(1)
-        openai = await level(ctx, driver, counts[-1], chunks, target=openai_target(ctx))
+        openai = await level(ctx, driver, counts[-1], chunks, target=openai_target(ctx, driver))
         await asyncio.sleep(1)
         slow = await level(ctx, driver, slow_streams, slow_chunks, SLOW_RATE)
         with stack.minimal_relay() as (minimal_worker, minimal_api, port):

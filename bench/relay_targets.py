@@ -15,7 +15,6 @@ target drives the same stack through ``POST /v1/chat/completions`` with ``"strea
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,41 +39,28 @@ class Target:
     follow: Follow
 
 
-def _one_request(port: int, path: str, stream_key: bool) -> Follow:
-    """Queue and follow each job in one request to ``path`` (``stream_key``: the body asks for
-    a stream with ``"stream": true``, as the OpenAI-compatible surface wants)."""
+def _one_request(driver: Driver, openai: bool) -> Follow:
+    """Queue and follow each job in one request (``Driver.submit_and_follow``), holding
+    ``gate`` until the job is queued."""
 
     async def follow(
         prompt: str, log: sse.StreamLog, within: float, gate: asyncio.Semaphore
     ) -> None:
-        body: dict[str, object] = {
-            "model": CLOCKED_MODEL,
-            "messages": [{"role": "user", "content": prompt}],
-        }
-        if stream_key:
-            body["stream"] = True
         await gate.acquire()
         held = True
 
-        def answered() -> None:
+        def queued() -> None:
             nonlocal held
             if held:
                 held = False
                 gate.release()
 
         try:
-            log.job_id = await sse.submit_and_follow(
-                "127.0.0.1",
-                port,
-                json.dumps(body).encode(),
-                log,
-                within=within,
-                answered=answered,
-                path=path,
-                openai=stream_key,
+            await driver.submit_and_follow(
+                prompt, log, within, CLOCKED_MODEL, on_answer=queued, openai=openai
             )
         finally:
-            answered()
+            queued()
 
     return follow
 
@@ -93,14 +79,13 @@ def tokenspool_target(ctx: Context, driver: Driver) -> Target:
             log.job_id = await driver.submit_lean(prompt, CLOCKED_MODEL)
         await sse.follow("127.0.0.1", port, log.job_id, log, within=within)
 
-    one_request = _one_request(port, "/v1/jobs", stream_key=False)
-    return Target(_pids(ctx), one_request if ONE_REQUEST else post_then_get)
+    return Target(_pids(ctx), _one_request(driver, False) if ONE_REQUEST else post_then_get)
 
 
-def openai_target(ctx: Context) -> Target:
+def openai_target(ctx: Context, driver: Driver) -> Target:
     """tokenspool through its OpenAI-compatible surface: ``POST /v1/chat/completions`` with
     ``"stream": true`` (one request per job, as the openai SDK makes), read as chunks."""
-    return Target(_pids(ctx), _one_request(ctx.stack().api_port, "/v1/chat/completions", True))
+    return Target(_pids(ctx), _one_request(driver, True))
 
 
 def minimal_target(ctx: Context, driver: Driver, worker: int, api: int, port: int) -> Target:
