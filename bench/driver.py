@@ -102,7 +102,6 @@ class Driver:
             log,
             within=within,
             answered=answered,
-            path="/v1/chat/completions" if openai else "/v1/jobs",
             openai=openai,
         )
         return Submitted(log.job_id, prompt, sent, returned)

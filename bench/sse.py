@@ -169,21 +169,37 @@ class _Protocol(asyncio.Protocol):
             self._fail(SseError(f"connection closed before the terminal event ({exc})"))
 
 
-async def follow(host: str, port: int, job_id: str, sink: Sink, *, within: float = 120.0) -> None:
-    """Read the job's events until its terminal one; raise SseError, or TimeoutError after
-    ``within`` seconds."""
+async def _exchange(
+    host: str,
+    port: int,
+    request: bytes,
+    sink: Sink,
+    within: float,
+    on_head: Callable[[str], None] | None = None,
+    openai: bool = False,
+) -> None:
+    """Send ``request`` on a connection of its own and read its events into ``sink`` until the
+    terminal one; raise SseError, or TimeoutError after ``within`` seconds."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    request = (
-        f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        "Accept: text/event-stream\r\n\r\n"
-    ).encode()
-    transport, _ = await loop.create_connection(lambda: _Protocol(request, sink, done), host, port)
+    transport, _ = await loop.create_connection(
+        lambda: _Protocol(request, sink, done, on_head, openai), host, port
+    )
     try:
         async with asyncio.timeout(within):
             await done
     finally:
         transport.close()
+
+
+async def follow(host: str, port: int, job_id: str, sink: Sink, *, within: float = 120.0) -> None:
+    """Read the job's events until its terminal one; raise SseError, or TimeoutError after
+    ``within`` seconds."""
+    request = (
+        f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Accept: text/event-stream\r\n\r\n"
+    ).encode()
+    await _exchange(host, port, request, sink, within)
 
 
 async def submit_and_follow(
@@ -194,16 +210,13 @@ async def submit_and_follow(
     *,
     within: float = 120.0,
     answered: Callable[[], None] | None = None,
-    path: str = "/v1/jobs",
     openai: bool = False,
 ) -> str:
     """Queue a job and read its events until the terminal one, in one request (``POST
     /v1/jobs`` with ``Accept: text/event-stream``); return its id. ``answered`` is called once
-    the response head has arrived (the job is queued). Raises as ``follow``. With
-    ``path="/v1/chat/completions"``, ``openai=True`` and ``"stream": true`` in ``body``, the same
-    through the OpenAI-compatible surface."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
+    the response head has arrived (the job is queued). Raises as ``follow``. With ``openai``
+    (and ``"stream": true`` in ``body``), the same through the OpenAI-compatible surface,
+    ``POST /v1/chat/completions``."""
     job_id = ""
 
     def on_head(head: str) -> None:
@@ -215,19 +228,13 @@ async def submit_and_follow(
         if answered is not None:
             answered()
 
+    path = b"/v1/chat/completions" if openai else b"/v1/jobs"
     request = (
         b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
         b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
-        % (path.encode(), host.encode(), port, len(body), body)
+        % (path, host.encode(), port, len(body), body)
     )
-    transport, _ = await loop.create_connection(
-        lambda: _Protocol(request, sink, done, on_head, openai), host, port
-    )
-    try:
-        async with asyncio.timeout(within):
-            await done
-    finally:
-        transport.close()
+    await _exchange(host, port, request, sink, within, on_head, openai)
     return job_id
 
 
