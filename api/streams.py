@@ -9,11 +9,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import anyio
 from redis.exceptions import ResponseError
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.event import ensure_bytes
 from sse_starlette.sse import SendTimeoutError
 from starlette.requests import HTTPConnection
 from starlette.types import Message, Receive, Scope, Send
@@ -54,6 +56,10 @@ class EventStream(EventSourceResponse):
     only at the response start, which still goes through them, and four wrappers cost about a
     tenth of the API's CPU per relayed event.
 
+    A heartbeat goes out only once nothing was sent for ``ping`` seconds (sse-starlette sends
+    one every ``ping`` seconds regardless): it is there to keep an idle connection open through
+    proxies, and a stream that carries events is not idle.
+
     sse-starlette's coroutines (the stream, heartbeats, the client's disconnect, the server's
     shutdown) and the watchdog run as plain asyncio tasks, supervised as its task group does:
     the first of the four to end ends the others, and the first error is raised. Its anyio task
@@ -82,6 +88,7 @@ class EventStream(EventSourceResponse):
         self._limit = send_timeout  # sse-starlette's own per-send timer stays off
         self._sending = 0  # sends in progress (a heartbeat can overlap an event)
         self._busy_since = 0.0  # when the sends in progress began
+        self._last_sent = time.monotonic()  # when the last send ended (the response start)
         self._body_send: Send | None = None
         # uvicorn's flow control of the connection (``write_paused``), if the body goes to
         # uvicorn's own send: only then can a send be made without waiting (``send_now``)
@@ -154,6 +161,7 @@ class EventStream(EventSourceResponse):
         try:
             step.send(None)
         except StopIteration:
+            self._last_sent = time.monotonic()
             return True
         step.close()  # it waits for the socket to drain: the stream's task sends instead
         return False
@@ -168,6 +176,7 @@ class EventStream(EventSourceResponse):
             await send(message)
         finally:
             self._sending -= 1
+            self._last_sent = time.monotonic()
 
     async def _stream_response(self, send: Send) -> None:
         """sse-starlette's loop, for body iterators that yield bytes: without its per-event
@@ -187,6 +196,25 @@ class EventStream(EventSourceResponse):
         async with self._send_lock:
             self.active = False
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _ping(self, send: Send) -> None:
+        """sse-starlette's heartbeat, sent only after ``ping`` seconds without a send."""
+        while self.active:
+            quiet = 0.0 if self._sending else time.monotonic() - self._last_sent
+            if quiet < self._ping_interval:
+                await asyncio.sleep(self._ping_interval - quiet)
+                continue
+            ping = ensure_bytes(
+                self.ping_message_factory()
+                if self.ping_message_factory
+                else ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=self.sep),
+                self.sep,
+            )
+            async with self._send_lock:
+                if self.active:  # a failed send ends the response, as in sse-starlette
+                    await self._send_with_timeout(
+                        send, {"type": "http.response.body", "body": ping, "more_body": True}
+                    )
 
     async def _close_body(self) -> None:
         """Run the body iterator's cleanup (bounded, shielded from the cancellation that may be

@@ -267,3 +267,48 @@ async def test_sending_now_declines_outside_uvicorns_send() -> None:
     finally:
         server.should_exit = True
         await task
+
+
+async def test_heartbeats_go_out_only_after_the_stream_was_quiet_for_the_interval() -> None:
+    """A heartbeat keeps an idle connection open through proxies: while events flow, through
+    the stream's task or pushed with ``send_now``, more often than the interval, none is sent;
+    once the stream goes quiet, one follows each interval."""
+    interval = 0.5
+    gap = 0.02  # between events: far shorter than the interval
+    responses: list[EventStream] = []
+    finish = asyncio.Event()
+
+    async def events(request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(int(3 * interval / gap)):  # three intervals through the task
+                yield b"data: task\r\n\r\n"
+                await asyncio.sleep(gap)
+            for _ in range(int(3 * interval / gap)):  # three more pushed from outside it
+                assert responses[0].send_now(b"data: pushed\r\n\r\n")
+                await asyncio.sleep(gap)
+            yield b"data: quiet\r\n\r\n"
+            await finish.wait()  # then idle until the client saw two heartbeats
+
+        response = EventStream(body(), ping=interval, send_timeout=5, headers={})
+        responses.append(response)
+        return response
+
+    server, task, port = await serve(App(routes=[Route("/events", events)]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /events HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        received = b""
+        async with asyncio.timeout(30):
+            while received[received.find(b"data: quiet") :].count(b": ping") < 2:
+                data = await reader.read(65_536)
+                assert data, "the stream ended before two heartbeats"
+                received += data
+        finish.set()
+        busy = received[: received.index(b"data: quiet")]
+        assert busy.count(b"data: task") == busy.count(b"data: pushed") == int(3 * interval / gap)
+        assert b": ping" not in busy
+    finally:
+        finish.set()
+        writer.close()
+        server.should_exit = True
+        await task
