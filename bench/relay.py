@@ -218,8 +218,7 @@ async def run(ctx: Context, result: GroupResult) -> None:
         ctx.put(f"relay.{lv.streams}.steady_machine_cores", lv.steady_cores.get("machine"))
         ctx.put(f"relay.{lv.streams}.round_trips_per_chunk", lv.per_chunk("total_reads_processed"))
         ctx.put(f"relay.{lv.streams}.worker_cpu_per_chunk", lv.cpu_per_chunk("worker"))
-        for error in sorted(set(lv.errors))[:3]:
-            costs.notes.append(f"{lv.streams} streams, error: {error}")
+        costs.notes.extend(lv.error_notes(f"{lv.streams} streams, "))
     costs.notes.append(
         "Commands per chunk (script-internal calls included; the worker's WRITE script makes "
         "an HMGET, an HSET and a PUBLISH per call and an XADD per event): "
@@ -275,8 +274,7 @@ def _openai_table(result: GroupResult, jobs: Level, openai: Level) -> None:
             lv.cpu_cell(),
             lv.failed_cell(),
         )
-    for error in sorted(set(openai.errors))[:3]:
-        table.notes.append(f"error: {error}")
+    table.notes.extend(openai.error_notes())
     table.notes.append(
         "Same stack, provider and client; each content chunk is a chat.completion.chunk made "
         "by the API (tokenspool/openai_format.py), its SSE id the stream entry id."
@@ -317,8 +315,7 @@ def _slow_table(ctx: Context, result: GroupResult, lv: Level) -> None:
         lv.retries,
         lv.failed_cell(),
     )
-    for error in sorted(set(lv.errors))[:3]:
-        table.notes.append(f"error: {error}")
+    table.notes.extend(lv.error_notes())
     table.notes.append(
         "Relay latency as above (provider send → client receive, every content chunk). Peak "
         "RSS: the highest VmRSS of the process, sampled every 0.25 s during the run. Every "
@@ -375,8 +372,7 @@ def _floor_table(ctx: Context, result: GroupResult, ours: list[Level], floors: l
             ),
             lv.failed_cell(),
         )
-        for error in sorted(set(lv.errors))[:3]:
-            table.notes.append(f"{lv.streams} streams, error: {error}")
+        table.notes.extend(lv.error_notes(f"{lv.streams} streams, "))
     table.notes.append(
         "The minimal relay is the least Python that makes the same hops with the same "
         "libraries (aiohttp to the provider, redis-py's connection and hiredis to Redis, a raw "

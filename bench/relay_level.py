@@ -66,6 +66,10 @@ class Level:
     def failed_cell(self) -> str:
         return f"{len(self.errors)} of {self.streams}"
 
+    def error_notes(self, prefix: str = "") -> list[str]:
+        """Table notes naming the first three distinct errors of failed streams."""
+        return [f"{prefix}error: {error}" for error in sorted(set(self.errors))[:3]]
+
 
 def p50_p99(summary: Summary) -> str:
     """A "p50 / p99" cell."""
